@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd, kwok, kwokctl) and the chart tools (helm, kubeconform) from Go modules only,
+# into a versioned cache directory outside the repo. A no-op when the binaries are there.
+# Prints the bin directory on its last line.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=../testenv/versions.env
+source "$here/testenv/versions.env"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+cache=${APWA_CACHE_DIR:-$HOME/.cache/apwa}
+bin="$cache/testenv-k8s${KUBE_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}-kc${KUBECONFORM_VERSION}/bin"
+mkdir -p "$bin"
+mods="$here/testenv/go"
+log() { printf '[testenv-build] %s\n' "$*" >&2; }
+
+have() { for b in "$@"; do [ -x "$bin/$b" ] || return 1; done; }
+
+# The wrapper modules are committed (go.mod + go.sum) so builds are reproducible; the
+# functions below only create them when they are missing (a version bump: delete the dir).
+init_kube_module() {
+  local d="$mods/kube"
+  [ -f "$d/go.mod" ] && return 0
+  mkdir -p "$d"
+  local gomod
+  gomod=$(cd /tmp && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  # k8s.io/kubernetes replaces every staging module with ./staging/...; go refuses that for
+  # a dependency, so the wrapper pins each staging module to its published version instead.
+  {
+    echo "module apwa.dev/testenv/kube"
+    echo
+    echo "go 1.26"
+    echo
+    echo "replace ("
+    grep -E '^\s*k8s\.io/[^ ]+ => \./staging/' "$gomod" | awk -v v="$KUBE_STAGING_VERSION" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } >"$d/go.mod"
+  (cd "$d" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
+      "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
+      "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION" \
+      "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION")
+}
+
+init_simple_module() { # dir, module path@version, packages...
+  local d="$mods/$1" modver=$2; shift 2
+  [ -f "$d/go.mod" ] && return 0
+  mkdir -p "$d"
+  (cd "$d" && go mod init "apwa.dev/testenv/$(basename "$d")" >/dev/null 2>&1 && go get -tool "$@")
+  : "$modver"
+}
+
+build_kube() {
+  have kube-apiserver kube-controller-manager kube-scheduler kubectl && return 0
+  init_kube_module
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  local ld=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  log "building kubernetes $KUBE_VERSION (slow the first time: 15-30 min on 2 cores)"
+  (cd "$mods/kube" && go build -trimpath -ldflags "-s -w $ld" -o "$bin/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_etcd() {
+  have etcd && return 0
+  init_simple_module etcd "" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  log "building etcd $ETCD_VERSION"
+  (cd "$mods/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_kwok() {
+  have kwok kwokctl && return 0
+  init_simple_module kwok "" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+  log "building kwok $KWOK_VERSION"
+  (cd "$mods/kwok" && go build -trimpath -ldflags "-s -w" -o "$bin/" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl)
+}
+
+build_helm() {
+  have helm && return 0
+  init_simple_module helm "" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  # Without these helm reports v0.0.0 and assumes Kubernetes 1.20 for capability checks.
+  local ld="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
+  ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
+  log "building helm $HELM_VERSION"
+  (cd "$mods/helm" && go build -trimpath -ldflags "-s -w $ld" -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+}
+
+build_kubeconform() {
+  have kubeconform && return 0
+  init_simple_module kubeconform "" "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+  log "building kubeconform $KUBECONFORM_VERSION"
+  (cd "$mods/kubeconform" && go build -trimpath -ldflags "-s -w" -o "$bin/kubeconform" github.com/yannh/kubeconform/cmd/kubeconform)
+}
+
+what=${1:-all}
+case "$what" in
+  all) build_etcd; build_kwok; build_helm; build_kubeconform; build_kube ;;
+  kube|etcd|kwok|helm|kubeconform) "build_$what" ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|kubeconform]" >&2; exit 2 ;;
+esac
+echo "$bin"

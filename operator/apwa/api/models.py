@@ -1,0 +1,393 @@
+"""Pydantic models of the ParallelWorkload spec and status.
+
+These models are the single source of truth: the CRD's OpenAPI schema is generated from them
+(`apwa crd`), and every consumer (CLI, local runner, operator) validates through them. Rules
+that the structural schema can't express carry CEL (`x-kubernetes-validations`) so the API
+server rejects them at apply time; the same rules are repeated here in Python so `apwa validate`
+and the local runner give the same answer without a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from apwa import API_VERSION, KIND
+
+DEFAULT_TEMPLATE = "default"
+STRATEGIES = ("items", "range", "shards", "matrix", "configMapRef", "planner")
+# Beyond this many items the spec itself would approach etcd's object size limit; larger
+# inputs belong in a ConfigMap (or several shards of work per subtask).
+MAX_INLINE_ITEMS = 10_000
+TEMPLATE_NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def cel(rule: str, message: str, **extra: str) -> dict[str, str]:
+    return {"rule": rule, "message": message, **extra}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class RangeSpec(Model):
+    """Integers start, start+step, ... below end; each subtask's item is one integer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.end > (has(self.start) ? self.start : 0)", "range.end must be greater than range.start"),
+            ]
+        }
+    )
+    start: int = Field(0, description="First value (inclusive).")
+    end: int = Field(description="End value (exclusive).")
+    step: int = Field(1, ge=1, description="Distance between values; must be >= 1.")
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> RangeSpec:
+        if self.end <= self.start:
+            raise ValueError(f"range.end ({self.end}) must be greater than range.start ({self.start})")
+        return self
+
+
+class ShardsSpec(Model):
+    """`count` subtasks; each receives its shard index and the shard count."""
+
+    count: int = Field(ge=1, le=100_000, description="Number of shards.")
+
+
+class ConfigMapSource(Model):
+    """Subtask items held in a ConfigMap in the workload's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="ConfigMap name.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the ConfigMap's data.")
+    format: Literal["Auto", "JSON", "JSONLines"] = Field(
+        "Auto",
+        description="JSON: one JSON array. JSONLines: one JSON value per line. Auto: array if it starts with '['.",
+    )
+
+
+class SecretKeyRef(Model):
+    name: str = Field(min_length=1, description="Secret name, in the workload's namespace.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
+class PlannerSpec(Model):
+    """A dynamic plan: an HTTP decomposer or an OpenAI-compatible model returns the subtasks."""
+
+    type: Literal["HTTP", "OpenAI"] = Field(description="HTTP: POST to a decomposer. OpenAI: chat completions.")
+    url: str = Field(min_length=1, description="Decomposer URL, or the OpenAI-compatible base URL.")
+    model: str | None = Field(None, description="Model name (OpenAI).")
+    api_key_secret_ref: SecretKeyRef | None = Field(None, description="API key (OpenAI) or bearer token.")
+    query: str = Field(min_length=1, description="What to decompose into independent subtasks.")
+    context: str | None = Field(None, description="Extra context passed to the planner.")
+    context_config_map_ref: ConfigMapSource | None = Field(None, description="Context read from a ConfigMap.")
+    max_subtasks: int = Field(100, ge=1, le=100_000, description="Reject plans with more subtasks than this.")
+    timeout_seconds: int = Field(60, ge=1, le=3600, description="Timeout of one planner request.")
+    retries: int = Field(3, ge=0, le=10, description="Retries on network errors, 429 and 5xx.")
+
+
+class Decomposition(Model):
+    """How the workload splits into subtasks. Exactly one strategy must be set."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[" + ", ".join(f"has(self.{s})" for s in STRATEGIES) + "].exists_one(x, x)",
+                    "exactly one of " + ", ".join(STRATEGIES) + " must be set",
+                ),
+            ]
+        }
+    )
+    items: list[Any] | None = Field(
+        None,
+        max_length=MAX_INLINE_ITEMS,
+        description="Static list of JSON values, one subtask each. An object may pick a template "
+        "with a 'template' field.",
+    )
+    range: RangeSpec | None = None
+    shards: ShardsSpec | None = None
+    matrix: dict[str, list[Any]] | None = Field(
+        None,
+        description="Cartesian product of the axes, in the order the axes and values are written; "
+        "each subtask's item is an object {axis: value}.",
+        json_schema_extra={
+            "minProperties": 1,
+            "x-kubernetes-validations": [
+                cel("self.all(k, size(self[k]) > 0)", "every matrix axis needs at least one value")
+            ],
+        },
+    )
+    config_map_ref: ConfigMapSource | None = None
+    planner: PlannerSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Decomposition:
+        chosen = [s for s in STRATEGIES if getattr(self, _snake(s)) is not None]
+        if len(chosen) != 1:
+            got = ", ".join(chosen) if chosen else "none"
+            raise ValueError(f"exactly one of {', '.join(STRATEGIES)} must be set (got: {got})")
+        if self.matrix is not None:
+            if not self.matrix:
+                raise ValueError("matrix needs at least one axis")
+            for axis, values in self.matrix.items():
+                if not values:
+                    raise ValueError(f"matrix axis {axis!r} needs at least one value")
+        return self
+
+    @property
+    def strategy(self) -> str:
+        return next(s for s in STRATEGIES if getattr(self, _snake(s)) is not None)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+class JobTemplate(Model):
+    """A Job template: the pod template plus the Job-level knobs."""
+
+    pod_template: dict[str, Any] = Field(
+        description="A core/v1 PodTemplateSpec (metadata and spec). Its containers run the subtask.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
+                    "podTemplate.spec.containers needs at least one container",
+                )
+            ]
+        },
+    )
+    backoff_limit: int = Field(0, ge=0, le=100, description="Retries of a failed subtask (Job backoffLimit).")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Deadline of one subtask's Job.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete a finished subtask Job after this long (its result is kept)."
+    )
+
+    @model_validator(mode="after")
+    def _has_containers(self) -> JobTemplate:
+        spec = self.pod_template.get("spec")
+        containers = spec.get("containers") if isinstance(spec, dict) else None
+        if not isinstance(containers, list) or not containers:
+            raise ValueError("podTemplate.spec.containers needs at least one container")
+        for i, c in enumerate(containers):
+            if not isinstance(c, dict) or not c.get("name"):
+                raise ValueError(f"podTemplate.spec.containers[{i}].name is required")
+        return self
+
+
+class FailurePolicy(Model):
+    """How many failed subtasks the workload tolerates. Past that, no new Job starts and it fails."""
+
+    max_failed_subtasks: int | None = Field(None, ge=0, description="Failed subtasks tolerated (default 0).")
+    max_failed_ratio: float | None = Field(
+        None, ge=0, le=1, description="Failed fraction of all subtasks tolerated, 0..1."
+    )
+
+    def allowed(self, total: int) -> int:
+        """The number of failures tolerated for a workload of `total` subtasks."""
+        limits = []
+        if self.max_failed_subtasks is not None:
+            limits.append(self.max_failed_subtasks)
+        if self.max_failed_ratio is not None:
+            limits.append(int(self.max_failed_ratio * total))
+        return min(limits) if limits else 0
+
+
+class EgressPort(Model):
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class EgressRule(Model):
+    cidr: str = Field(min_length=1, description="Destination CIDR, e.g. 10.0.0.0/8 or 0.0.0.0/0.")
+    except_: list[str] | None = Field(None, alias="except", description="CIDRs excluded from cidr.")
+    ports: list[EgressPort] | None = Field(None, description="Allowed ports; all ports when empty.")
+
+
+class Isolation(Model):
+    """Isolation of subtask pods. Every default is the strict one; relaxing takes an explicit field."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.egress) || self.egress != 'Custom' || "
+                    "(has(self.egressRules) && size(self.egressRules) > 0)",
+                    "egress Custom needs egressRules",
+                ),
+            ]
+        }
+    )
+    egress: Literal["None", "DNS", "Custom"] = Field(
+        "None", description="None: no egress at all. DNS: cluster DNS only. Custom: DNS plus egressRules."
+    )
+    egress_rules: list[EgressRule] | None = Field(None, description="Allowed destinations when egress=Custom.")
+    runtime_class_name: str | None = Field(None, description="RuntimeClass for sandboxed pods (gVisor, Kata).")
+    pod_security: Literal["Restricted", "Unrestricted"] = Field(
+        "Restricted",
+        description="Restricted enforces non-root, no privilege escalation, all capabilities dropped and "
+        "seccomp RuntimeDefault. Unrestricted leaves the pod template's security settings as written.",
+    )
+    service_account_token: bool = Field(False, description="Mount the pod's service account token.")
+
+    @model_validator(mode="after")
+    def _custom_needs_rules(self) -> Isolation:
+        if self.egress == "Custom" and not self.egress_rules:
+            raise ValueError("egress Custom needs egressRules")
+        return self
+
+
+class ReduceSpec(Model):
+    """A reduce Job that receives all collected results once every subtask has finished."""
+
+    template: str = Field(
+        DEFAULT_TEMPLATE, pattern=TEMPLATE_NAME_RE, description="Name of the template that runs the reduce step."
+    )
+
+
+class ResultsSpec(Model):
+    reduce: ReduceSpec | None = None
+
+
+class ParallelWorkloadSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.results) || !has(self.results.reduce) || "
+                    "(has(self.results.reduce.template) ? self.results.reduce.template : 'default') "
+                    "in self.templates",
+                    "results.reduce.template names a template that is not in spec.templates",
+                ),
+                cel(
+                    "'default' in self.templates || has(self.decomposition.items) || "
+                    "has(self.decomposition.configMapRef) || has(self.decomposition.planner)",
+                    "spec.templates needs a 'default' template (range, shards and matrix subtasks use it)",
+                ),
+            ]
+        }
+    )
+    decomposition: Decomposition = Field(
+        description="How the workload splits into independent subtasks. Immutable.",
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("self == oldSelf", "decomposition is immutable once set")]
+        },
+    )
+    templates: dict[str, JobTemplate] = Field(
+        description="Named Job templates. Subtasks use 'default' unless their item names another.",
+        json_schema_extra={
+            "minProperties": 1,
+            "maxProperties": 32,
+            "x-kubernetes-validations": [cel("self == oldSelf", "templates are immutable once set")],
+        },
+    )
+    parallelism: int = Field(10, ge=1, le=10_000, description="Maximum subtask Jobs active at once.")
+    failure_policy: FailurePolicy | None = None
+    isolation: Isolation | None = None
+    results: ResultsSpec | None = None
+    suspend: bool = Field(False, description="Stop starting Jobs and suspend active ones; false resumes.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the workload (and everything it made) this long after it finished."
+    )
+
+    @model_validator(mode="after")
+    def _templates_exist(self) -> ParallelWorkloadSpec:
+        for name in self.templates:
+            if not re.match(TEMPLATE_NAME_RE, name) or len(name) > 63:
+                raise ValueError(f"template name {name!r} must be a DNS label (lowercase, digits, '-')")
+        if self.results and self.results.reduce and self.results.reduce.template not in self.templates:
+            raise ValueError(
+                f"results.reduce.template {self.results.reduce.template!r} is not in spec.templates "
+                f"(have: {', '.join(sorted(self.templates))})"
+            )
+        # Items that name a template are checked by the planner (it sees ConfigMap and planner data too).
+        return self
+
+    @property
+    def failure(self) -> FailurePolicy:
+        return self.failure_policy or FailurePolicy()
+
+    @property
+    def isolation_or_default(self) -> Isolation:
+        return self.isolation or Isolation()
+
+
+class Condition(Model):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Counts(Model):
+    total: int = 0
+    pending: int = 0
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class FailedSubtask(Model):
+    index: int
+    job: str | None = None
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+
+
+class ResultsRef(Model):
+    config_map: str = Field(description="ConfigMap (owned by the workload) holding every subtask's result.")
+    key: str
+    compressed: bool = False
+    count: int = 0
+
+
+Phase = Literal["Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"]
+
+
+class ParallelWorkloadStatus(Model):
+    model_config = ConfigDict(extra="ignore")
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    progress: str | None = Field(None, description="succeeded/total, for kubectl get.")
+    counts: Counts | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None
+    conditions: list[Condition] | None = Field(None, max_length=16)
+    failed_subtasks: list[FailedSubtask] | None = Field(
+        None, max_length=50, description="The first failed subtasks by index (capped)."
+    )
+    result: Any = Field(None, description="The reduce output, or a bounded summary of the results.")
+    results_ref: ResultsRef | None = None
+
+
+class Metadata(Model):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+
+
+class ParallelWorkload(Model):
+    """A whole manifest, as `kubectl apply` would send it."""
+
+    api_version: Literal["apwa.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["ParallelWorkload"] = KIND
+    metadata: Metadata
+    spec: ParallelWorkloadSpec
+    status: ParallelWorkloadStatus | None = None

@@ -1,0 +1,35 @@
+"""Subtask + template -> Kubernetes manifests (Jobs, NetworkPolicy). Pure."""
+
+from apwa.rendering.jobs import (
+    LABEL_INDEX,
+    LABEL_ROLE,
+    LABEL_UID,
+    LABEL_WORKLOAD,
+    RESULT_PATH,
+    RESULTS_MOUNT,
+    Owner,
+    RenderError,
+    render_job,
+    render_reduce_job,
+)
+from apwa.rendering.names import child_name, job_name, label_value
+from apwa.rendering.netpol import render_network_policy
+from apwa.rendering.placeholders import substitute
+
+__all__ = [
+    "LABEL_INDEX",
+    "LABEL_ROLE",
+    "LABEL_UID",
+    "LABEL_WORKLOAD",
+    "RESULTS_MOUNT",
+    "RESULT_PATH",
+    "Owner",
+    "RenderError",
+    "child_name",
+    "job_name",
+    "label_value",
+    "render_job",
+    "render_network_policy",
+    "render_reduce_job",
+    "substitute",
+]
