@@ -1,0 +1,215 @@
+"""The `apwa` command: crd | validate | plan | run --local | operator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apwa import __version__
+from apwa.api.models import ParallelWorkload
+from apwa.manifest import ManifestError, Manifests, load
+from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask, plan
+from apwa.rendering import Owner, RenderError, render_job, render_network_policy
+
+
+class CliError(Exception):
+    pass
+
+
+def _data_for(workload: ParallelWorkload, manifests: Manifests, extra: dict[str, dict[str, str]]) -> Any:
+    """Offline stand-in for what the operator fetches: ConfigMaps come from the same file(s)."""
+    d = workload.spec.decomposition
+    if d.config_map_ref is not None:
+        ref = d.config_map_ref
+        cms = {**manifests.config_maps, **extra}
+        if ref.name not in cms:
+            raise PlanningError(
+                "spec.decomposition.configMapRef.name",
+                f"ConfigMap {ref.name!r} is not in the file; add it to the file or pass --configmap FILE",
+            )
+        if ref.key not in cms[ref.name]:
+            raise PlanningError(
+                "spec.decomposition.configMapRef.key",
+                f"ConfigMap {ref.name!r} has no key {ref.key!r} (has: {', '.join(sorted(cms[ref.name])) or 'none'})",
+            )
+        return cms[ref.name][ref.key]
+    if d.planner is not None:
+        from apwa.planning.dynamic import plan_offline
+
+        return plan_offline(workload)
+    return None
+
+
+def _load_all(args: argparse.Namespace) -> tuple[Manifests, dict[str, dict[str, str]]]:
+    manifests = load(args.file)
+    extra: dict[str, dict[str, str]] = {}
+    for f in getattr(args, "configmap", None) or []:
+        extra.update(load_config_maps(f))
+    return manifests, extra
+
+
+def load_config_maps(path: str) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    try:
+        docs = list(yaml.safe_load_all(Path(path).read_text()))
+    except (OSError, yaml.YAMLError) as e:
+        raise CliError(f"{path}: {e}") from None
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+            out[doc["metadata"]["name"]] = {k: str(v) for k, v in (doc.get("data") or {}).items()}
+    if not out:
+        raise CliError(f"{path}: no ConfigMap found")
+    return out
+
+
+def _select(manifests: Manifests, name: str | None) -> ParallelWorkload:
+    if name:
+        for w in manifests.workloads:
+            if w.metadata.name == name:
+                return w
+        raise CliError(f"no ParallelWorkload named {name!r} in the file")
+    if len(manifests.workloads) > 1:
+        names = ", ".join(w.metadata.name for w in manifests.workloads)
+        raise CliError(f"the file has several ParallelWorkloads ({names}); pick one with --name")
+    return manifests.workloads[0]
+
+
+def _plan(args: argparse.Namespace) -> tuple[ParallelWorkload, list[Subtask]]:
+    manifests, extra = _load_all(args)
+    workload = _select(manifests, args.name)
+    return workload, plan(workload.spec, data=_data_for(workload, manifests, extra), max_subtasks=args.max_subtasks)
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from apwa.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    manifests, extra = _load_all(args)
+    for w in manifests.workloads:
+        if w.spec.decomposition.planner is not None:
+            print(f"{args.file}: ParallelWorkload {w.metadata.name} is valid (dynamic plan not called)")
+            continue
+        subtasks = plan(w.spec, data=_data_for(w, manifests, extra), max_subtasks=args.max_subtasks)
+        owner = Owner(w.metadata.name, w.metadata.namespace)
+        for s in subtasks:
+            render_job(owner, w.spec, s, len(subtasks))
+        print(f"{args.file}: ParallelWorkload {w.metadata.name} is valid ({len(subtasks)} subtasks)")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    workload, subtasks = _plan(args)
+    if args.render:
+        owner = Owner(workload.metadata.name, workload.metadata.namespace, None, workload.metadata.labels or {})
+        docs = [render_network_policy(owner, workload.spec.isolation_or_default)]
+        docs += [render_job(owner, workload.spec, s, len(subtasks)) for s in subtasks]
+        if args.output == "json":
+            json.dump({"apiVersion": "v1", "kind": "List", "items": docs}, sys.stdout, indent=2)
+            print()
+        else:
+            sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+        return 0
+    rows = [{"index": s.index, "template": s.template, "item": s.item} for s in subtasks]
+    if args.output == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    elif args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(rows, sort_keys=False))
+    else:
+        width = max(len("INDEX"), len(str(len(subtasks) - 1)))
+        twidth = max(len("TEMPLATE"), *(len(s.template) for s in subtasks))
+        print(f"{'INDEX':<{width}}  {'TEMPLATE':<{twidth}}  ITEM")
+        for s in subtasks:
+            item = json.dumps(s.item, separators=(",", ":"))
+            print(f"{s.index:<{width}}  {s.template:<{twidth}}  {item[:100]}{'...' if len(item) > 100 else ''}")
+        print(f"{len(subtasks)} subtasks", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise CliError("only `apwa run --local FILE` exists; to run on a cluster, kubectl apply the file")
+    from apwa.local import run_local
+
+    workload, subtasks = _plan(args)
+    if args.parallelism:
+        workload.spec.parallelism = args.parallelism
+    status = run_local(workload, subtasks, progress=not args.quiet)
+    sys.stdout.write(yaml.safe_dump({"status": status}, sort_keys=False, allow_unicode=True))
+    return 0 if status["phase"] == "Succeeded" else 1
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from apwa.controller.main import run_operator
+
+    return run_operator(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apwa", description="Massively parallel agent workloads on Kubernetes.")
+    p.add_argument("--version", action="version", version=f"apwa {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("crd", help="print the CustomResourceDefinition").set_defaults(func=cmd_crd)
+
+    def with_file(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("file", help="a YAML file with a ParallelWorkload (and any ConfigMaps it reads)")
+        sp.add_argument("--name", help="which ParallelWorkload, when the file has several")
+        sp.add_argument("--configmap", action="append", metavar="FILE", help="extra ConfigMap manifests")
+        sp.add_argument("--max-subtasks", type=int, default=DEFAULT_MAX_SUBTASKS, help="refuse larger plans")
+
+    v = sub.add_parser("validate", help="check a manifest; every error is printed with its field path")
+    with_file(v)
+    v.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plan", help="list the subtasks a manifest decomposes into")
+    with_file(pl)
+    pl.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    pl.add_argument("--render", action="store_true", help="print the Jobs and NetworkPolicy instead")
+    pl.set_defaults(func=cmd_plan)
+
+    r = sub.add_parser("run", help="run a workload: --local runs its subtasks as local processes")
+    with_file(r)
+    r.add_argument("--local", action="store_true", help="run on this machine (required)")
+    r.add_argument("--parallelism", type=int, help="override spec.parallelism")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    o = sub.add_parser("operator", help="run the operator against the current kubeconfig or in cluster")
+    o.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                   help="namespace to watch (repeatable); default: all (env APWA_NAMESPACES, comma-separated)")
+    o.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env APWA_LOG_LEVEL)")
+    o.add_argument("--metrics-port", type=int, default=None, help="metrics and health port (env APWA_METRICS_PORT)")
+    o.add_argument("--max-subtasks", type=int, default=None, help=f"default {DEFAULT_MAX_SUBTASKS}")
+    o.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    o.set_defaults(func=cmd_operator)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except (PlanningError, RenderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every subtask process was stopped", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Example workers shipped with the package (and the example worker image)."""

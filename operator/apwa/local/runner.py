@@ -1,0 +1,262 @@
+"""Run a workload's plan as local processes, through the same rendering and result protocol.
+
+Each subtask's Job is rendered exactly as the operator would create it; the runner then executes
+its containers' command/args with the rendered environment. The result file stands in for the
+termination log. The image is not used (there is no container runtime here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from apwa.api.models import ParallelWorkload
+from apwa.planning import Subtask
+from apwa.rendering import Owner, render_job, render_reduce_job
+from apwa.results import Aggregate, SubtaskOutcome, decode_result
+from apwa.status import build, now_iso
+
+LOG_TAIL_BYTES = 2048
+LOG_TAIL_LINES = 80
+
+
+class LocalRunError(Exception):
+    pass
+
+
+@dataclass
+class _Attempt:
+    exit_code: int | None
+    result_text: str
+    log_tail: str
+    timed_out: bool
+
+
+class Progress:
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total, self.stream, self.enabled = total, stream, enabled
+        self.tty = stream.isatty()
+        self._last = 0.0
+
+    def update(self, agg: Aggregate, active: int, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self._last < (0.1 if self.tty else 2.0):
+            return
+        self._last = now
+        width = 30
+        done = agg.finished
+        filled = int(width * done / self.total) if self.total else width
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+            f"succeeded {agg.succeeded} failed {agg.failed} active {active}"
+        )
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _notice(stream: TextIO, text: str) -> None:
+    stream.write(f"notice: {text}\n")
+
+
+def _process_spec(job: dict[str, Any], notices: set[str]) -> list[tuple[list[str], dict[str, str]]]:
+    """The commands to run for a rendered Job: init containers, then the first container."""
+    pod = job["spec"]["template"]["spec"]
+    containers = list(pod.get("initContainers") or []) + pod["containers"][:1]
+    if len(pod["containers"]) > 1:
+        notices.add("only the first container of a template runs locally; the others are skipped")
+    steps = []
+    for c in containers:
+        argv = list(c.get("command") or []) + list(c.get("args") or [])
+        if not c.get("command"):
+            raise LocalRunError(
+                f"container {c['name']!r} has no command: a local run can't use the image's entrypoint, "
+                "so give the template an explicit command"
+            )
+        if c.get("image"):
+            notices.add("container images are ignored locally; commands run on this machine")
+        env = {}
+        for e in c.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            else:
+                notices.add(f"env {e['name']} uses valueFrom, which a local run can't resolve; it is unset")
+        steps.append((argv, env))
+    return steps
+
+
+class LocalRunner:
+    def __init__(self, workload: ParallelWorkload, subtasks: list[Subtask], *, stream: TextIO, progress: bool) -> None:
+        self.workload = workload
+        self.spec = workload.spec
+        self.subtasks = subtasks
+        self.stream = stream
+        self.owner = Owner(workload.metadata.name, workload.metadata.namespace, None, workload.metadata.labels or {})
+        self.agg = Aggregate(total=len(subtasks))
+        self.progress = Progress(len(subtasks), stream, progress)
+        self.notices: set[str] = set()
+        self.procs: set[asyncio.subprocess.Process] = set()
+        self.active = 0
+        self.tmp = Path(tempfile.mkdtemp(prefix="apwa-local-"))
+        # Commands such as `python3` or `apwa-example-wordcount` resolve to this installation.
+        self.base_env = dict(os.environ)
+        self.base_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.base_env.get("PATH", "")
+
+    async def _run_step(self, argv: list[str], env: dict[str, str], deadline: float | None, log: Path) -> _Attempt:
+        result = Path(env["APWA_RESULT_PATH"])
+        result.unlink(missing_ok=True)
+        with log.open("wb") as out:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, env={**self.base_env, **env}, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                )
+            except OSError as e:
+                return _Attempt(127, "", f"cannot start {argv[0]!r}: {e.strerror}", False)
+            self.procs.add(proc)
+            timed_out = False
+            try:
+                timeout = None if deadline is None else max(deadline - time.monotonic(), 0.01)
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                timed_out = True
+                _kill(proc)
+                await proc.wait()
+            finally:
+                self.procs.discard(proc)
+        raw = log.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
+        tail = "\n".join(raw.splitlines()[-LOG_TAIL_LINES:])
+        text = result.read_text(errors="replace") if result.exists() else ""
+        return _Attempt(proc.returncode, text, tail, timed_out)
+
+    async def _run_job(self, job: dict[str, Any], key: str, extra_env: dict[str, str]) -> SubtaskOutcome:
+        steps = _process_spec(job, self.notices)
+        limit = job["spec"]["backoffLimit"]
+        deadline_s = job["spec"].get("activeDeadlineSeconds")
+        deadline = time.monotonic() + deadline_s if deadline_s else None
+        index = int(key) if key.isdigit() else -1
+        attempt: _Attempt | None = None
+        for n in range(limit + 1):
+            for s, (argv, env) in enumerate(steps):
+                env = {**env, **extra_env, "APWA_RESULT_PATH": str(self.tmp / f"{key}.{s}.result")}
+                attempt = await self._run_step(argv, env, deadline, self.tmp / f"{key}.{n}.{s}.log")
+                if attempt.exit_code != 0:
+                    break
+            assert attempt is not None
+            if attempt.exit_code == 0:
+                return SubtaskOutcome(index, True, decode_result(attempt.result_text), job=job["metadata"]["name"])
+            if attempt.timed_out:
+                return SubtaskOutcome(
+                    index, False, reason="DeadlineExceeded",
+                    message=f"activeDeadlineSeconds ({deadline_s}s) exceeded", job=job["metadata"]["name"],
+                )
+        assert attempt is not None
+        return SubtaskOutcome(
+            index, False, reason="BackoffLimitExceeded" if limit else "Error",
+            message=(attempt.result_text or attempt.log_tail).strip(), exit_code=attempt.exit_code,
+            job=job["metadata"]["name"],
+        )
+
+    async def run(self) -> dict[str, Any]:
+        start = now_iso()
+        total = len(self.subtasks)
+        allowed = self.spec.failure.allowed(total)
+        parallelism = self.spec.parallelism
+        jobs = [render_job(self.owner, self.spec, s, total) for s in self.subtasks]
+        queue = iter(zip(self.subtasks, jobs, strict=True))
+        running: set[asyncio.Task[SubtaskOutcome]] = set()
+        stopped = False
+        try:
+            while True:
+                while not stopped and len(running) < parallelism:
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        break
+                    sub, job = nxt
+                    running.add(asyncio.create_task(self._run_job(job, str(sub.index), {})))
+                self.active = len(running)
+                self.progress.update(self.agg, self.active)
+                if not running:
+                    break
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    self.agg.record(t.result())
+                if self.agg.failed > allowed:
+                    stopped = True
+        finally:
+            self._kill_all()
+        self.active = 0
+        self.progress.update(self.agg, 0, final=True)
+        for n in sorted(self.notices):
+            _notice(self.stream, n)
+        return await self._finish(start, stopped, allowed)
+
+    async def _finish(self, start: str, stopped: bool, allowed: int) -> dict[str, Any]:
+        total = len(self.subtasks)
+        gen = self.workload.metadata.generation
+        result: Any = None
+        if self.agg.failed > allowed:
+            phase, reason = "Failed", "TooManyFailures"
+            message = (
+                f"{self.agg.failed} subtasks failed, more than the {allowed} allowed by spec.failurePolicy"
+                + ("; no new subtasks were started" if stopped and self.agg.finished < total else "")
+            )
+        else:
+            phase, reason = "Succeeded", "AllSubtasksFinished"
+            message = f"{self.agg.succeeded}/{total} subtasks succeeded"
+            if self.agg.failed:
+                message += f", {self.agg.failed} failed (within spec.failurePolicy)"
+            reduce = self.spec.results.reduce if self.spec.results else None
+            if reduce:
+                path = self.tmp / "results.json"
+                path.write_text(json.dumps(self.agg.reduce_input()))
+                job = render_reduce_job(self.owner, self.spec, "local", "results.json")
+                outcome = await self._run_job(job, "reduce", {"APWA_RESULTS_PATH": str(path)})
+                if outcome.succeeded:
+                    result = outcome.result
+                else:
+                    phase, reason = "Failed", "ReduceFailed"
+                    message = f"the reduce step failed: {outcome.message}"
+        if result is None and phase == "Succeeded":
+            result = self.agg.summary()
+        return build(
+            phase=phase, reason=reason, message=message, generation=gen, total=total, active=0,
+            agg=self.agg, start_time=start, completion_time=now_iso(), result=result,
+        )
+
+    def _kill_all(self) -> None:
+        for p in list(self.procs):
+            _kill(p)
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_local(
+    workload: ParallelWorkload,
+    subtasks: list[Subtask],
+    *,
+    stream: TextIO = sys.stderr,
+    progress: bool = True,
+    on_runner: Callable[[LocalRunner], None] | None = None,
+) -> dict[str, Any]:
+    runner = LocalRunner(workload, subtasks, stream=stream, progress=progress)
+    if on_runner:
+        on_runner(runner)
+    return asyncio.run(runner.run())

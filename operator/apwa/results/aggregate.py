@@ -1,0 +1,99 @@
+"""Pure aggregation of subtask outcomes: counts, a capped failure list, results in index order."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FAILED_LIST_CAP = 20
+MESSAGE_CAP = 512
+SUMMARY_CAP_BYTES = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class SubtaskOutcome:
+    index: int
+    succeeded: bool
+    result: Any = None
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    job: str | None = None
+
+
+@dataclass
+class Aggregate:
+    """Everything known about finished subtasks. Recording the same index twice is a no-op, so a
+    replayed event (watch restart, operator restart) never counts twice."""
+
+    total: int
+    outcomes: dict[int, SubtaskOutcome] = field(default_factory=dict)
+    _failed_indices: list[int] = field(default_factory=list)
+
+    def record(self, outcome: SubtaskOutcome) -> bool:
+        if outcome.index in self.outcomes:
+            return False
+        self.outcomes[outcome.index] = outcome
+        if not outcome.succeeded:
+            bisect.insort(self._failed_indices, outcome.index)
+        return True
+
+    @property
+    def succeeded(self) -> int:
+        return len(self.outcomes) - len(self._failed_indices)
+
+    @property
+    def failed(self) -> int:
+        return len(self._failed_indices)
+
+    @property
+    def finished(self) -> int:
+        return len(self.outcomes)
+
+    def failures(self, cap: int = FAILED_LIST_CAP) -> list[dict[str, Any]]:
+        """The first `cap` failures by index, messages shortened: bounded whatever the scale."""
+        out = []
+        for i in self._failed_indices[:cap]:
+            o = self.outcomes[i]
+            entry: dict[str, Any] = {"index": i, "reason": o.reason or "Failed", "message": o.message[:MESSAGE_CAP]}
+            if o.job:
+                entry["job"] = o.job
+            if o.exit_code is not None:
+                entry["exitCode"] = o.exit_code
+            out.append(entry)
+        return out
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every succeeded subtask's result, in index order."""
+        return [
+            {"index": i, "result": self.outcomes[i].result}
+            for i in sorted(self.outcomes)
+            if self.outcomes[i].succeeded
+        ]
+
+    def reduce_input(self) -> dict[str, Any]:
+        """What a reduce step reads: results in index order plus the indices that failed."""
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": list(self._failed_indices),
+            "results": self.results(),
+        }
+
+    def summary(self, cap_bytes: int = SUMMARY_CAP_BYTES) -> Any:
+        """A bounded stand-in for the result when there is no reduce step: all results if they fit,
+        otherwise the first ones that fit and a count of the rest."""
+        results = self.results()
+        encoded = json.dumps(results, separators=(",", ":"))
+        if len(encoded) <= cap_bytes:
+            return results
+        kept: list[dict[str, Any]] = []
+        size = 2
+        for r in results:
+            size += len(json.dumps(r, separators=(",", ":"))) + 1
+            if size > cap_bytes:
+                break
+            kept.append(r)
+        return {"first": kept, "omitted": len(results) - len(kept), "note": "all results: see status.resultsRef"}

@@ -1,0 +1,127 @@
+"""Pure construction of a workload's status: phase, counts and kstatus-style conditions.
+
+Conditions follow the kstatus conventions that Argo CD health checks and Flux read:
+`Reconciling` while work is in progress, `Stalled` when it cannot go on (bad spec, failed
+workload), `Ready` when it succeeded; plus `Complete` and `Failed` so that
+`kubectl wait --for=condition=Complete` works as it does for Jobs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from apwa.results.aggregate import Aggregate
+
+IN_PROGRESS = {"Pending", "Planning", "Running", "Reducing"}
+FINISHED = {"Succeeded", "Failed"}
+MESSAGE_CAP = 1024
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(
+    ctype: str, value: bool, reason: str, message: str, generation: int | None, previous: dict[str, dict[str, Any]], now: str
+) -> dict[str, Any]:
+    status = "True" if value else "False"
+    old = previous.get(ctype)
+    changed = not old or old.get("status") != status
+    cond = {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),  # type: ignore[union-attr]
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def conditions(
+    phase: str,
+    *,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: list[dict[str, Any]] | None = None,
+    stalled: bool = False,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    now = now or now_iso()
+    prev = {c.get("type", ""): c for c in previous or []}
+    failed = phase == "Failed"
+    done = phase == "Succeeded"
+    progressing = phase in IN_PROGRESS and not stalled
+    args = (generation, prev, now)
+    return [
+        _condition("Ready", done, reason, message, *args),
+        _condition("Reconciling", progressing, reason if progressing else "Idle", message if progressing else "", *args),
+        _condition("Stalled", stalled or failed, reason if stalled or failed else "Healthy", message if stalled or failed else "", *args),
+        _condition("Complete", done, reason if done else "NotComplete", message if done else "", *args),
+        _condition("Failed", failed, reason if failed else "NotFailed", message if failed else "", *args),
+    ]
+
+
+def counts(total: int, active: int, agg: Aggregate | None) -> dict[str, int]:
+    succeeded = agg.succeeded if agg else 0
+    failed = agg.failed if agg else 0
+    return {
+        "total": total,
+        "pending": max(total - active - succeeded - failed, 0),
+        "active": active,
+        "succeeded": succeeded,
+        "failed": failed,
+    }
+
+
+def build(
+    *,
+    phase: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    total: int,
+    active: int,
+    agg: Aggregate | None,
+    previous: dict[str, Any] | None = None,
+    stalled: bool = False,
+    start_time: str | None = None,
+    completion_time: str | None = None,
+    result: Any = None,
+    results_ref: dict[str, Any] | None = None,
+    now: str | None = None,
+) -> dict[str, Any]:
+    previous = previous or {}
+    c = counts(total, active, agg)
+    status: dict[str, Any] = {
+        "phase": phase,
+        "progress": f"{c['succeeded']}/{total}",
+        "counts": c,
+        "message": message[:MESSAGE_CAP],
+        "conditions": conditions(
+            phase,
+            reason=reason,
+            message=message[:MESSAGE_CAP],
+            generation=generation,
+            previous=previous.get("conditions"),
+            stalled=stalled,
+            now=now,
+        ),
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    if start_time:
+        status["startTime"] = start_time
+    if completion_time:
+        status["completionTime"] = completion_time
+    if agg is not None and agg.failed:
+        status["failedSubtasks"] = agg.failures()
+    if result is not None:
+        status["result"] = result
+    if results_ref:
+        status["resultsRef"] = results_ref
+    status["conditions"] = status.pop("conditions")  # last: the long part of `kubectl get -o yaml`
+    return status
