@@ -185,8 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     o = sub.add_parser("operator", help="run the operator against the current kubeconfig or in cluster")
-    o.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
-                   help="namespace to watch (repeatable); default: all (env APWA_NAMESPACES, comma-separated)")
+    o.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="namespace to watch (repeatable); default: all (env APWA_NAMESPACES, comma-separated)",
+    )
     o.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env APWA_LOG_LEVEL)")
     o.add_argument("--metrics-port", type=int, default=None, help="metrics and health port (env APWA_METRICS_PORT)")
     o.add_argument("--max-subtasks", type=int, default=None, help=f"default {DEFAULT_MAX_SUBTASKS}")

@@ -23,7 +23,13 @@ def now_iso() -> str:
 
 
 def _condition(
-    ctype: str, value: bool, reason: str, message: str, generation: int | None, previous: dict[str, dict[str, Any]], now: str
+    ctype: str,
+    value: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: dict[str, dict[str, Any]],
+    now: str,
 ) -> dict[str, Any]:
     status = "True" if value else "False"
     old = previous.get(ctype)
@@ -58,8 +64,16 @@ def conditions(
     args = (generation, prev, now)
     return [
         _condition("Ready", done, reason, message, *args),
-        _condition("Reconciling", progressing, reason if progressing else "Idle", message if progressing else "", *args),
-        _condition("Stalled", stalled or failed, reason if stalled or failed else "Healthy", message if stalled or failed else "", *args),
+        _condition(
+            "Reconciling", progressing, reason if progressing else "Idle", message if progressing else "", *args
+        ),
+        _condition(
+            "Stalled",
+            stalled or failed,
+            reason if stalled or failed else "Healthy",
+            message if stalled or failed else "",
+            *args,
+        ),
         _condition("Complete", done, reason if done else "NotComplete", message if done else "", *args),
         _condition("Failed", failed, reason if failed else "NotFailed", message if failed else "", *args),
     ]

@@ -19,21 +19,33 @@ _DROP = {"title", "additionalProperties", "$defs"}
 _PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
 
 
+def _overlay(base: dict[str, Any], field: dict[str, Any]) -> dict[str, Any]:
+    """A field's own keywords over its type's schema; CEL rules of both apply."""
+    out = {**base, **{k: v for k, v in field.items() if k not in _DROP}}
+    rules = base.get("x-kubernetes-validations", []) + field.get("x-kubernetes-validations", [])
+    if rules:
+        out["x-kubernetes-validations"] = rules
+    return out
+
+
 def _structural(node: Any, defs: dict[str, Any]) -> dict[str, Any]:
     node = copy.deepcopy(node)
     if "$ref" in node:
         ref = node.pop("$ref").rsplit("/", 1)[-1]
-        node = {**_structural(defs[ref], defs), **{k: v for k, v in node.items() if k not in _DROP}}
+        node = _overlay(_structural(defs[ref], defs), node)
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:
             raise ValueError(f"cannot express a union in a structural schema: {options}")
         inner = _structural(options[0], defs)
         node.pop("default", None)  # a None default means "unset"
-        node = {**inner, **{k: v for k, v in node.items() if k not in _DROP}}
+        node = _overlay(inner, node)
+    if node.pop("x-apwa-free-form", False):
+        keep = {k: v for k, v in node.items() if k in ("description", "minProperties", "maxProperties")}
+        return {"type": "object", **keep, **_PRESERVE}
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROP or key == "required" and not value:
+        if key in _DROP or (key == "required" and not value):
             continue
         if key == "properties":
             out["properties"] = {name: _structural(sub, defs) for name, sub in value.items()}
@@ -44,6 +56,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     addl = node.get("additionalProperties")
+    if out.get("type") == "object" and "properties" in out and addl is True:
+        out.update(_PRESERVE)  # typed where we rely on it, open for the rest
     if out.get("type") == "object" and "properties" not in out:
         if isinstance(addl, dict) and addl:
             out["additionalProperties"] = _structural(addl, defs)

@@ -10,7 +10,7 @@ and the local runner give the same answer without a cluster.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -100,8 +100,11 @@ class Decomposition(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                # CEL can't see `items` (a list of untyped JSON values has no CEL type), so the API
+                # server checks the typed strategies and the operator checks the rest (Stalled).
                 cel(
-                    "[" + ", ".join(f"has(self.{s})" for s in STRATEGIES) + "].exists_one(x, x)",
+                    "[" + ", ".join(f"has(self.{s})" for s in STRATEGIES if s != "items") + "]"
+                    ".filter(x, x).size() <= 1",
                     "exactly one of " + ", ".join(STRATEGIES) + " must be set",
                 ),
             ]
@@ -115,16 +118,13 @@ class Decomposition(Model):
     )
     range: RangeSpec | None = None
     shards: ShardsSpec | None = None
-    matrix: dict[str, list[Any]] | None = Field(
+    matrix: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
         None,
         description="Cartesian product of the axes, in the order the axes and values are written; "
-        "each subtask's item is an object {axis: value}.",
-        json_schema_extra={
-            "minProperties": 1,
-            "x-kubernetes-validations": [
-                cel("self.all(k, size(self[k]) > 0)", "every matrix axis needs at least one value")
-            ],
-        },
+        "each subtask's item is an object {axis: value}. Every axis needs at least one value.",
+        # A free-form object for the API server: CEL can't type a map of untyped lists, so the
+        # axis checks live in the validator below (and surface as a Stalled condition).
+        json_schema_extra={"minProperties": 1, "x-apwa-free-form": True},
     )
     config_map_ref: ConfigMapSource | None = None
     planner: PlannerSpec | None = None
@@ -157,13 +157,25 @@ class JobTemplate(Model):
 
     pod_template: dict[str, Any] = Field(
         description="A core/v1 PodTemplateSpec (metadata and spec). Its containers run the subtask.",
+        # Only what the operator relies on is typed; the API server validates the rest when the Job
+        # is created, and the operator reports its answer on the workload.
         json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
-                    "podTemplate.spec.containers needs at least one container",
-                )
-            ]
+            "required": ["spec"],
+            "properties": {
+                "metadata": {"type": "object", "additionalProperties": True},
+                "spec": {
+                    "type": "object",
+                    "additionalProperties": True,
+                    "required": ["containers"],
+                    "properties": {
+                        "containers": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "object", "additionalProperties": True},
+                        }
+                    },
+                },
+            },
         },
     )
     backoff_limit: int = Field(0, ge=0, le=100, description="Retries of a failed subtask (Job backoffLimit).")
@@ -269,8 +281,8 @@ class ParallelWorkloadSpec(Model):
                     "results.reduce.template names a template that is not in spec.templates",
                 ),
                 cel(
-                    "'default' in self.templates || has(self.decomposition.items) || "
-                    "has(self.decomposition.configMapRef) || has(self.decomposition.planner)",
+                    "'default' in self.templates || !(has(self.decomposition.range) || "
+                    "has(self.decomposition.shards) || has(self.decomposition.matrix))",
                     "spec.templates needs a 'default' template (range, shards and matrix subtasks use it)",
                 ),
             ]
@@ -278,9 +290,7 @@ class ParallelWorkloadSpec(Model):
     )
     decomposition: Decomposition = Field(
         description="How the workload splits into independent subtasks. Immutable.",
-        json_schema_extra={
-            "x-kubernetes-validations": [cel("self == oldSelf", "decomposition is immutable once set")]
-        },
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "decomposition is immutable once set")]},
     )
     templates: dict[str, JobTemplate] = Field(
         description="Named Job templates. Subtasks use 'default' unless their item names another.",

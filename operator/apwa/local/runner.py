@@ -118,12 +118,16 @@ class LocalRunner:
 
     async def _run_step(self, argv: list[str], env: dict[str, str], deadline: float | None, log: Path) -> _Attempt:
         result = Path(env["APWA_RESULT_PATH"])
-        result.unlink(missing_ok=True)
+        _remove(result)
         with log.open("wb") as out:
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, env={**self.base_env, **env}, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                    *argv,
+                    env={**self.base_env, **env},
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
                 )
             except OSError as e:
                 return _Attempt(127, "", f"cannot start {argv[0]!r}: {e.strerror}", False)
@@ -138,9 +142,7 @@ class LocalRunner:
                 await proc.wait()
             finally:
                 self.procs.discard(proc)
-        raw = log.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
-        tail = "\n".join(raw.splitlines()[-LOG_TAIL_LINES:])
-        text = result.read_text(errors="replace") if result.exists() else ""
+        text, tail = _read_outputs(result, log)
         return _Attempt(proc.returncode, text, tail, timed_out)
 
     async def _run_job(self, job: dict[str, Any], key: str, extra_env: dict[str, str]) -> SubtaskOutcome:
@@ -161,13 +163,19 @@ class LocalRunner:
                 return SubtaskOutcome(index, True, decode_result(attempt.result_text), job=job["metadata"]["name"])
             if attempt.timed_out:
                 return SubtaskOutcome(
-                    index, False, reason="DeadlineExceeded",
-                    message=f"activeDeadlineSeconds ({deadline_s}s) exceeded", job=job["metadata"]["name"],
+                    index,
+                    False,
+                    reason="DeadlineExceeded",
+                    message=f"activeDeadlineSeconds ({deadline_s}s) exceeded",
+                    job=job["metadata"]["name"],
                 )
         assert attempt is not None
         return SubtaskOutcome(
-            index, False, reason="BackoffLimitExceeded" if limit else "Error",
-            message=(attempt.result_text or attempt.log_tail).strip(), exit_code=attempt.exit_code,
+            index,
+            False,
+            reason="BackoffLimitExceeded" if limit else "Error",
+            message=(attempt.result_text or attempt.log_tail).strip(),
+            exit_code=attempt.exit_code,
             job=job["metadata"]["name"],
         )
 
@@ -211,9 +219,8 @@ class LocalRunner:
         result: Any = None
         if self.agg.failed > allowed:
             phase, reason = "Failed", "TooManyFailures"
-            message = (
-                f"{self.agg.failed} subtasks failed, more than the {allowed} allowed by spec.failurePolicy"
-                + ("; no new subtasks were started" if stopped and self.agg.finished < total else "")
+            message = f"{self.agg.failed} subtasks failed, more than the {allowed} allowed by spec.failurePolicy" + (
+                "; no new subtasks were started" if stopped and self.agg.finished < total else ""
             )
         else:
             phase, reason = "Succeeded", "AllSubtasksFinished"
@@ -234,13 +241,33 @@ class LocalRunner:
         if result is None and phase == "Succeeded":
             result = self.agg.summary()
         return build(
-            phase=phase, reason=reason, message=message, generation=gen, total=total, active=0,
-            agg=self.agg, start_time=start, completion_time=now_iso(), result=result,
+            phase=phase,
+            reason=reason,
+            message=message,
+            generation=gen,
+            total=total,
+            active=0,
+            agg=self.agg,
+            start_time=start,
+            completion_time=now_iso(),
+            result=result,
         )
 
     def _kill_all(self) -> None:
         for p in list(self.procs):
             _kill(p)
+
+
+# Small local files: reading them inline costs less than a thread hop.
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _read_outputs(result: Path, log: Path) -> tuple[str, str]:
+    """The result file's text, and the log's tail as FallbackToLogsOnError would keep it."""
+    raw = log.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
+    tail = "\n".join(raw.splitlines()[-LOG_TAIL_LINES:])
+    return (result.read_text(errors="replace") if result.exists() else ""), tail
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

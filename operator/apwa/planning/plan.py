@@ -71,9 +71,7 @@ def plan(
         if template not in templates:
             where = f"{field}[{index}]" if strategy in ("items", "configMapRef", "planner") else field
             if template == DEFAULT_TEMPLATE:
-                raise PlanningError(
-                    where, f"subtask {index} uses the 'default' template, which spec.templates lacks"
-                )
+                raise PlanningError(where, f"subtask {index} uses the 'default' template, which spec.templates lacks")
             raise PlanningError(
                 where,
                 f"subtask {index} names template {template!r}, which is not in spec.templates "

@@ -109,13 +109,9 @@ def render_reduce_job(
         context=context,
     )
     pod = job["spec"]["template"]["spec"]
-    pod.setdefault("volumes", []).append(
-        {"name": "apwa-results", "configMap": {"name": results_config_map}}
-    )
+    pod.setdefault("volumes", []).append({"name": "apwa-results", "configMap": {"name": results_config_map}})
     for c in pod["containers"]:
-        c.setdefault("volumeMounts", []).append(
-            {"name": "apwa-results", "mountPath": RESULTS_MOUNT, "readOnly": True}
-        )
+        c.setdefault("volumeMounts", []).append({"name": "apwa-results", "mountPath": RESULTS_MOUNT, "readOnly": True})
     return job
 
 

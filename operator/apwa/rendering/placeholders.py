@@ -23,6 +23,8 @@ def _text(value: Any) -> str:
 
 def _lookup(name: str, context: dict[str, Any]) -> Any:
     head, _, rest = name.partition(".")
+    if head in ("index", "count", "workload", "item") and head not in context:
+        raise PlaceholderError(f"{{{{ {name} }}}} is not available in this Job (a reduce step has no item or index)")
     if head not in context:
         raise PlaceholderError(f"unknown placeholder {{{{ {name} }}}} (use index, count, workload or item)")
     value = context[head]

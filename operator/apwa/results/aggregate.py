@@ -68,9 +68,7 @@ class Aggregate:
     def results(self) -> list[dict[str, Any]]:
         """Every succeeded subtask's result, in index order."""
         return [
-            {"index": i, "result": self.outcomes[i].result}
-            for i in sorted(self.outcomes)
-            if self.outcomes[i].succeeded
+            {"index": i, "result": self.outcomes[i].result} for i in sorted(self.outcomes) if self.outcomes[i].succeeded
         ]
 
     def reduce_input(self) -> dict[str, Any]:

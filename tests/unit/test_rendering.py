@@ -1,0 +1,208 @@
+import re
+
+import pytest
+from apwa.api.models import ParallelWorkloadSpec
+from apwa.planning import plan
+from apwa.rendering import (
+    Owner,
+    RenderError,
+    child_name,
+    job_name,
+    label_value,
+    render_job,
+    render_network_policy,
+    render_reduce_job,
+)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+OWNER = Owner("demo", "ns", "uid-1", {"team": "a", "apwa.dev/workload": "spoof"})
+
+
+def spec(pod_spec=None, **extra):
+    pod_spec = pod_spec or {
+        "containers": [{"name": "w", "image": "img", "args": ["{{ item.path }}", "{{index}}/{{ count }}"]}]
+    }
+    return ParallelWorkloadSpec.model_validate(
+        {
+            "decomposition": {"items": [{"path": "a.py"}, {"path": "b.py"}]},
+            "templates": {
+                "default": {
+                    "podTemplate": {"spec": pod_spec},
+                    "backoffLimit": 2,
+                    "activeDeadlineSeconds": 60,
+                    "ttlSecondsAfterFinished": 30,
+                }
+            },
+            **extra,
+        }
+    )
+
+
+def job_for(s, i=1):
+    subs = plan(s)
+    return render_job(OWNER, s, subs[i], len(subs))
+
+
+@pytest.mark.parametrize("name", ["a", "demo", "x" * 63, "y" * 253, "my.workload.v2", "a" * 60 + ".b"])
+def test_names_are_valid_labels_and_unique(name):
+    names = {job_name(name, i) for i in (0, 7, 99999)} | {child_name(name, "reduce")}
+    assert len(names) == 4
+    for n in names:
+        assert len(n) <= 63 and DNS_LABEL.match(n), n
+    assert len(label_value(name)) <= 63
+
+
+def test_long_names_differ_by_hash():
+    a, b = "x" * 100 + "a", "x" * 100 + "b"
+    assert job_name(a, 1) != job_name(b, 1)
+    assert job_name("a.b", 1) != job_name("a-b", 1)
+    assert job_name("demo", 3) == "demo-3"
+
+
+def test_job_shape():
+    job = job_for(spec())
+    meta, jspec = job["metadata"], job["spec"]
+    assert meta["name"] == "demo-1" and meta["namespace"] == "ns"
+    assert meta["labels"]["apwa.dev/workload"] == "demo" and meta["labels"]["apwa.dev/index"] == "1"
+    assert meta["labels"]["team"] == "a"
+    assert meta["ownerReferences"][0]["uid"] == "uid-1" and meta["ownerReferences"][0]["controller"] is True
+    assert (
+        jspec["backoffLimit"] == 2 and jspec["activeDeadlineSeconds"] == 60 and jspec["ttlSecondsAfterFinished"] == 30
+    )
+    pod = jspec["template"]
+    assert pod["metadata"]["labels"]["apwa.dev/index"] == "1"
+    c = pod["spec"]["containers"][0]
+    assert c["args"] == ["b.py", "1/2"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["APWA_INDEX"] == "1" and env["APWA_COUNT"] == "2" and env["APWA_WORKLOAD"] == "demo"
+    assert env["APWA_ITEM"] == '{"path":"b.py"}' and env["APWA_RESULT_PATH"] == "/dev/termination-log"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_no_owner_reference_offline():
+    s = spec()
+    job = render_job(Owner("demo"), s, plan(s)[0], 2)
+    assert "ownerReferences" not in job["metadata"] and "namespace" not in job["metadata"]
+
+
+def test_isolation_defaults():
+    pod = job_for(spec())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"]
+
+
+def test_compatible_user_settings_are_kept():
+    pod_spec = {
+        "securityContext": {"runAsUser": 1000, "fsGroup": 2000},
+        "containers": [
+            {
+                "name": "w",
+                "image": "i",
+                "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["NET_RAW"]}},
+            }
+        ],
+    }
+    pod = job_for(spec(pod_spec))["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"] is True
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL", "NET_RAW"]
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "field"),
+    [
+        (
+            {"containers": [{"name": "w", "image": "i", "securityContext": {"privileged": True}}]},
+            "containers[0].securityContext.privileged",
+        ),
+        (
+            {"containers": [{"name": "w", "image": "i", "securityContext": {"allowPrivilegeEscalation": True}}]},
+            "allowPrivilegeEscalation",
+        ),
+        (
+            {"containers": [{"name": "w", "image": "i", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]},
+            "capabilities.add",
+        ),
+        (
+            {"securityContext": {"runAsUser": 0}, "containers": [{"name": "w", "image": "i"}]},
+            "securityContext.runAsUser",
+        ),
+        ({"hostNetwork": True, "containers": [{"name": "w", "image": "i"}]}, "spec.hostNetwork"),
+        (
+            {"volumes": [{"name": "h", "hostPath": {"path": "/"}}], "containers": [{"name": "w", "image": "i"}]},
+            "volumes[0]",
+        ),
+        (
+            {"automountServiceAccountToken": True, "containers": [{"name": "w", "image": "i"}]},
+            "automountServiceAccountToken",
+        ),
+        ({"restartPolicy": "OnFailure", "containers": [{"name": "w", "image": "i"}]}, "restartPolicy"),
+    ],
+)
+def test_weakening_isolation_by_accident_is_an_error(pod_spec, field):
+    with pytest.raises(RenderError) as e:
+        job_for(spec(pod_spec))
+    assert field in e.value.field
+    assert e.value.field.startswith("spec.templates.default.podTemplate.spec")
+
+
+def test_explicit_relaxation():
+    pod_spec = {
+        "automountServiceAccountToken": True,
+        "containers": [{"name": "w", "image": "i", "securityContext": {"privileged": True}}],
+    }
+    s = spec(
+        pod_spec, isolation={"podSecurity": "Unrestricted", "serviceAccountToken": True, "runtimeClassName": "gvisor"}
+    )
+    pod = job_for(s)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["securityContext"] == {"privileged": True}
+    assert pod["automountServiceAccountToken"] is True and pod["runtimeClassName"] == "gvisor"
+
+
+def test_bad_placeholder_names_the_container():
+    pod_spec = {"containers": [{"name": "w", "image": "i", "args": ["{{ item.nope }}"]}]}
+    with pytest.raises(RenderError) as e:
+        job_for(spec(pod_spec))
+    assert e.value.field.endswith("containers[0]") and "no field 'item.nope'" in e.value.message
+    with pytest.raises(RenderError, match="unknown placeholder"):
+        job_for(spec({"containers": [{"name": "w", "image": "i", "command": ["{{ foo }}"]}]}))
+
+
+def test_network_policy_modes():
+    s = spec()
+    np = render_network_policy(OWNER, s.isolation_or_default)
+    assert np["spec"]["ingress"] == [] and np["spec"]["egress"] == []
+    assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert np["spec"]["podSelector"] == {"matchLabels": {"apwa.dev/workload": "demo"}}
+    dns = render_network_policy(OWNER, spec(isolation={"egress": "DNS"}).isolation_or_default)
+    assert [p["port"] for p in dns["spec"]["egress"][0]["ports"]] == [53, 53]
+    custom = render_network_policy(
+        OWNER,
+        spec(
+            isolation={
+                "egress": "Custom",
+                "egressRules": [{"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"], "ports": [{"port": 443}]}],
+            }
+        ).isolation_or_default,
+    )
+    assert len(custom["spec"]["egress"]) == 2
+    assert custom["spec"]["egress"][1] == {
+        "to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+
+
+def test_reduce_job_mounts_results():
+    s = spec(results={"reduce": {}})
+    with pytest.raises(RenderError, match="not available in this Job"):
+        render_reduce_job(OWNER, s, "demo-results", "results.json")
+    s.templates["default"].pod_template["spec"]["containers"][0]["args"] = ["reduce"]
+    job = render_reduce_job(OWNER, s, "demo-results", "results.json")
+    assert job["metadata"]["name"] == "demo-reduce" and job["metadata"]["labels"]["apwa.dev/role"] == "reduce"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"][-1]["configMap"]["name"] == "demo-results"
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["APWA_RESULTS_PATH"] == "/apwa/results/results.json"
