@@ -196,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env APWA_LOG_LEVEL)")
     o.add_argument("--metrics-port", type=int, default=None, help="metrics and health port (env APWA_METRICS_PORT)")
     o.add_argument("--max-subtasks", type=int, default=None, help=f"default {DEFAULT_MAX_SUBTASKS}")
-    o.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    o.add_argument(
+        "--peering",
+        default=None,
+        help="kopf peering name, for several replicas with one active (needs kopf's peering CRDs); "
+        "default: standalone (env APWA_PEERING)",
+    )
     o.set_defaults(func=cmd_operator)
     return p
 

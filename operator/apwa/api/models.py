@@ -358,10 +358,12 @@ class FailedSubtask(Model):
 
 
 class ResultsRef(Model):
-    config_map: str = Field(description="ConfigMap (owned by the workload) holding every subtask's result.")
-    key: str
-    compressed: bool = False
-    count: int = 0
+    """Where every subtask's outcome is kept: ConfigMaps `<configMapPrefix><n>` for n < chunks,
+    owned by the workload, each holding up to 200 outcomes under `key` (gzip in binaryData when large)."""
+
+    config_map_prefix: str
+    chunks: int = 0
+    key: str = "results.json"
 
 
 Phase = Literal["Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"]

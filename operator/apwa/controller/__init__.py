@@ -1,0 +1,1 @@
+"""The operator: kopf handlers that feed one reconcile loop per ParallelWorkload."""

@@ -1,0 +1,42 @@
+"""`apwa operator`: run the operator out of cluster (kubeconfig) or in cluster (service account)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+import kopf
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    from apwa.controller import handlers  # noqa: F401  (registers the kopf handlers)
+    from apwa.controller.registry import REGISTRY
+
+    level = (args.log_level or os.environ.get("APWA_LOG_LEVEL") or "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf logs every handled event at INFO: far too much at thousands of Jobs.
+    logging.getLogger("kopf").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    namespaces = args.namespaces or [n for n in os.environ.get("APWA_NAMESPACES", "").split(",") if n]
+    port = args.metrics_port if args.metrics_port is not None else int(os.environ.get("APWA_METRICS_PORT", "8080"))
+    REGISTRY.settings.metrics_port = port
+    if args.max_subtasks:
+        REGISTRY.settings.max_subtasks = args.max_subtasks
+    interval = os.environ.get("APWA_STATUS_INTERVAL")
+    if interval:
+        REGISTRY.settings.status_interval = float(interval)
+    peering = args.peering or os.environ.get("APWA_PEERING") or None
+    try:
+        asyncio.run(
+            kopf.operator(
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=peering is None,
+                peering_name=peering,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0

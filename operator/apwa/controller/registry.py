@@ -1,0 +1,69 @@
+"""Routes watch events to the per-workload loops, starting and stopping them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+from apwa import metrics
+from apwa.controller.workload import Settings, WorkloadRunner
+from apwa.kube.client import Kube
+from apwa.rendering import LABEL_UID
+
+log = logging.getLogger("apwa.registry")
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.kube: Kube | None = None
+        self.settings = Settings()
+        self.runners: dict[str, WorkloadRunner] = {}
+
+    def workload_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        uid = body["metadata"]["uid"]
+        runner = self.runners.get(uid)
+        if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+            # Owner references let the garbage collector remove every child.
+            if runner is not None:
+                self.stop(uid)
+            return
+        if runner is None:
+            assert self.kube is not None, "the operator has not started yet"
+            runner = WorkloadRunner(self.kube, body, self.settings)
+            runner.task = asyncio.create_task(runner.run(), name=f"workload {body['metadata']['name']}")
+            self.runners[uid] = runner
+        runner.on_workload(body)
+        self._gauge()
+
+    def child_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        uid = (body["metadata"].get("labels") or {}).get(LABEL_UID)
+        runner = self.runners.get(uid or "")
+        if runner is None:
+            return  # its workload's loop reads existing children when it starts
+        if kind == "job":
+            runner.on_job(event_type or "ADDED", body)
+        else:
+            runner.on_pod(event_type or "ADDED", body)
+
+    def stop(self, uid: str) -> None:
+        runner = self.runners.pop(uid, None)
+        if runner and runner.task:
+            runner.task.cancel()
+        self._gauge()
+
+    async def stop_all(self) -> None:
+        tasks = [r.task for r in self.runners.values() if r.task]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.runners.clear()
+
+    def _gauge(self) -> None:
+        phases = Counter((r.body.get("status") or {}).get("phase") or "Pending" for r in self.runners.values())
+        for phase in ("Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"):
+            metrics.WORKLOADS.labels(phase=phase).set(phases.get(phase, 0))
+
+
+REGISTRY = Registry()
