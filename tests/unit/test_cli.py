@@ -137,7 +137,10 @@ def test_bad_configmap_json_is_named(tmp_path: Path) -> None:
 
 
 def test_failure_policy_stops_launching_and_reports(tmp_path: Path) -> None:
-    script = 'if [ $((APWA_INDEX % 2)) -eq 1 ]; then echo "odd $APWA_INDEX" >&2; exit 3; fi; echo \\"ok\\" > $APWA_RESULT_PATH'
+    script = (
+        'if [ $((APWA_INDEX % 2)) -eq 1 ]; then echo "odd $APWA_INDEX" >&2; exit 3; fi; '
+        'echo \\"ok\\" > $APWA_RESULT_PATH'
+    )
     r = apwa(
         "run",
         "--local",
@@ -197,7 +200,7 @@ def test_ctrl_c_stops_children_and_exits_cleanly(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "subtasks did not start"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
     for f in pids.iterdir():
