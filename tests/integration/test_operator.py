@@ -311,3 +311,23 @@ def test_kubectl_get_columns(w: Workloads) -> None:
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "FAILED", "AGE"]
     assert row.split()[:4] == ["cols", "Succeeded", "2/2", "0"]
     subprocess.run(["kubectl", "wait", "-n", w.ns, "--for=condition=Complete", "pwl/cols", "--timeout=10s"], check=True)
+
+
+def test_edit_after_completion_is_observed_and_ttl_deletes(w: Workloads) -> None:
+    w.create(workload("fin", {"range": {"end": 2}}, ttlSecondsAfterFinished=3))
+    w.wait_condition("fin", "Complete")
+    w.patch("fin", {"parallelism": 7})
+    observed = wait_for(
+        lambda: (x := w.get("fin"))["status"].get("observedGeneration") == 2 and x, 30, "generation 2 observed"
+    )
+    assert all(c["observedGeneration"] == 2 for c in observed["status"]["conditions"])
+    assert observed["status"]["phase"] == "Succeeded"
+
+    def gone() -> bool:
+        try:
+            w.get("fin")
+        except client.ApiException as e:
+            return e.status == 404
+        return False
+
+    wait_for(gone, 60, "workload deleted by spec.ttlSecondsAfterFinished")

@@ -79,19 +79,61 @@ class SecretKeyRef(Model):
     key: str = Field(min_length=1, description="Key inside the Secret.")
 
 
+class ConfigMapKeyRef(Model):
+    name: str = Field(min_length=1, max_length=253, description="ConfigMap name, in the workload's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the ConfigMap's data.")
+
+
 class PlannerSpec(Model):
     """A dynamic plan: an HTTP decomposer or an OpenAI-compatible model returns the subtasks."""
 
-    type: Literal["HTTP", "OpenAI"] = Field(description="HTTP: POST to a decomposer. OpenAI: chat completions.")
-    url: str = Field(min_length=1, description="Decomposer URL, or the OpenAI-compatible base URL.")
-    model: str | None = Field(None, description="Model name (OpenAI).")
-    api_key_secret_ref: SecretKeyRef | None = Field(None, description="API key (OpenAI) or bearer token.")
+    # Asked once: the operator stores the answer (ConfigMap `<workload>-plan`, owned by the
+    # workload) before the first Job and plans from it ever after (docs/planner.md).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.type != 'OpenAI' || has(self.model)", "planner.model is required for type OpenAI"),
+                cel(
+                    "!(has(self.context) && has(self.contextConfigMapRef))",
+                    "set planner.context or planner.contextConfigMapRef, not both",
+                ),
+            ]
+        }
+    )
+    type: Literal["HTTP", "OpenAI"] = Field(
+        description="HTTP: POST {workload, query, context, maxSubtasks} to url, which answers {subtasks: [...]} "
+        "(docs/planner-contract.schema.json). OpenAI: an OpenAI-compatible chat-completions server."
+    )
+    url: str = Field(
+        min_length=1,
+        pattern=r"^https?://",
+        description="HTTP: the decomposer's URL. OpenAI: the base URL that /chat/completions is appended to "
+        "(e.g. https://api.openai.com/v1, http://vllm:8000/v1, http://ollama:11434/v1).",
+    )
+    model: str | None = Field(None, min_length=1, description="Model name (required for OpenAI).")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding the API key, sent as 'Authorization: Bearer <key>'."
+    )
     query: str = Field(min_length=1, description="What to decompose into independent subtasks.")
     context: str | None = Field(None, description="Extra context passed to the planner.")
-    context_config_map_ref: ConfigMapSource | None = Field(None, description="Context read from a ConfigMap.")
+    context_config_map_ref: ConfigMapKeyRef | None = Field(None, description="Context read from a ConfigMap key.")
     max_subtasks: int = Field(100, ge=1, le=100_000, description="Reject plans with more subtasks than this.")
     timeout_seconds: int = Field(60, ge=1, le=3600, description="Timeout of one planner request.")
-    retries: int = Field(3, ge=0, le=10, description="Retries on network errors, 429 and 5xx.")
+    retries: int = Field(3, ge=0, le=10, description="Retries on network errors, 429 and 5xx (with backoff).")
+    repair_attempts: int = Field(
+        2,
+        ge=0,
+        le=5,
+        description="OpenAI: times an invalid answer is sent back to the model with the validation error.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlannerSpec:
+        if self.type == "OpenAI" and not self.model:
+            raise ValueError("planner.model is required for type OpenAI")
+        if self.context is not None and self.context_config_map_ref is not None:
+            raise ValueError("set planner.context or planner.contextConfigMapRef, not both")
+        return self
 
 
 class Decomposition(Model):

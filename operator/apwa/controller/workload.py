@@ -278,7 +278,9 @@ class WorkloadRunner:
             if not job.finished or index in self.agg.outcomes:
                 continue
             pod = self.pods.get(index)
-            if pod is None or (job.succeeded and pod.phase != "Succeeded"):
+            # A deadline kills the pod; its message would add nothing to the Job's.
+            needs_pod = job.succeeded or job.reason != "DeadlineExceeded"
+            if needs_pod and (pod is None or (job.succeeded and pod.phase != "Succeeded")):
                 waited = now - (job.finished_at or now)
                 if waited < POD_GRACE_SECONDS:
                     retry = min(retry, POD_GRACE_SECONDS - waited + 0.1)
@@ -510,6 +512,11 @@ class WorkloadRunner:
         self.written = comparable
         if body is not None:
             self.body = {**self.body, "status": body.get("status", status)}
+        if status.get("completionTime") and status["phase"] in FINISHED:
+            # Finished: the status holds what is left to know; free the plan and the indexes.
+            self.subtasks = self.agg = self.store = None
+            self.jobs.clear()
+            self.pods.clear()
         return RESYNC_SECONDS
 
     async def _stalled(self, e: Stalled) -> float:
@@ -541,6 +548,15 @@ class WorkloadRunner:
         return retry
 
     async def _finished_housekeeping(self, spec: ParallelWorkloadSpec, status: dict[str, Any]) -> float:
+        gen = self.generation
+        if gen is not None and status.get("observedGeneration") != gen:
+            # A spec edit after the end changes nothing, but kstatus readers (Argo CD, Flux) need
+            # to see that this generation was observed, or they wait forever.
+            conditions = [{**c, "observedGeneration": gen} for c in status.get("conditions") or []]
+            await self.kube.merge_patch(
+                self._path(PLURAL, API_VERSION, self.name, "status"),
+                {"status": {"observedGeneration": gen, "conditions": conditions}},
+            )
         ttl = spec.ttl_seconds_after_finished
         if ttl is None or not status.get("completionTime"):
             return 3600.0
