@@ -16,13 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 ## The whole suite: unit tests, then the integration tier on a local control plane (built and
 ## started on demand by the test fixture).
-test: install
+test: install testenv
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install
+test-integration: install testenv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 lint: install

@@ -22,9 +22,10 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.log_dir = log_dir
         self.extra_env = extra_env or {}
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starts = 0
@@ -41,7 +42,7 @@ class OperatorProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(apwa), "operator", "--metrics-port", str(self.port), "--log-level", "INFO"],
+                [str(apwa), "operator", "--metrics-port", str(self.port), "--log-level", "INFO", *self.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

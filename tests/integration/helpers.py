@@ -1,0 +1,61 @@
+"""Small helpers for the integration tests: polling with a deadline instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The local cluster as set up by hack/cluster.sh (see the ``cluster`` fixture)."""
+
+    kubeconfig: str
+    bin_dir: str
+
+
+class WaitTimeout(AssertionError):
+    """Raised by wait_for when the predicate did not become truthy in time (a test failure)."""
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float,
+    message: str,
+    interval: float = 0.1,
+    max_interval: float = 1.0,
+) -> T:
+    """Call ``predicate`` until it returns a truthy value and return that value.
+
+    Polls every ``interval`` seconds (backing off up to ``max_interval``) until ``timeout`` seconds
+    have passed, then raises WaitTimeout with ``message``, the last value returned and the last
+    exception raised by the predicate (exceptions are retried, not propagated, so a transient 404
+    or connection error does not end the wait early).
+    """
+    deadline = time.monotonic() + timeout
+    last_value: object = None
+    last_error: BaseException | None = None
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            value = predicate()
+        except Exception as exc:  # retried until the deadline, reported on timeout
+            last_error = exc
+        else:
+            last_error = None
+            if value:
+                return value
+            last_value = value
+        now = time.monotonic()
+        if now >= deadline:
+            detail = f"last value: {last_value!r}"
+            if last_error is not None:
+                detail += f"; last error: {type(last_error).__name__}: {last_error}"
+            raise WaitTimeout(f"timed out after {timeout:g}s ({attempts} attempts): {message} ({detail})")
+        time.sleep(min(interval, deadline - now))
+        interval = min(interval * 1.5, max_interval)
