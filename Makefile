@@ -60,9 +60,9 @@ run: install
 bench-plan: install
 	$(BIN)/python bench/plan_render.py
 
-bench: install
+bench: install testenv
 	$(BIN)/python bench/plan_render.py
-	$(BIN)/python bench/operator_bench.py
+	@eval "$$(bash hack/cluster.sh up | tail -n 1)" && $(BIN)/python bench/operator_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
