@@ -1,0 +1,94 @@
+"""Pure parts of the controller: reading child states, outcomes, the result store's encoding."""
+
+import base64
+import gzip
+import json
+
+from apwa.controller.children import JobState, PodResult
+from apwa.controller.store import COMPRESS_ABOVE, config_map_body, decode_outcome, encode_outcome, read_payload
+from apwa.controller.workload import outcome_of
+from apwa.rendering import Owner
+from apwa.results import SubtaskOutcome
+
+
+def job(conditions=(), suspend=False):
+    return {
+        "metadata": {"name": "w-1", "uid": "u"},
+        "spec": {"suspend": suspend},
+        "status": {"conditions": list(conditions)},
+    }
+
+
+def test_job_state():
+    assert not JobState.from_body(job()).finished
+    done = JobState.from_body(
+        job([{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+    )
+    assert done.finished and done.succeeded and done.finished_at == 1767225600.0
+    failed = JobState.from_body(
+        job(
+            [
+                {"type": "FailureTarget", "status": "True"},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "m"},
+            ]
+        )
+    )
+    assert failed.finished and not failed.succeeded and failed.reason == "BackoffLimitExceeded"
+    assert not JobState.from_body(job([{"type": "Complete", "status": "False"}])).finished
+    assert JobState.from_body(job(suspend=True)).suspended
+
+
+def pod(phase, statuses):
+    return {
+        "spec": {"containers": [{"name": "main"}, {"name": "side"}]},
+        "status": {"phase": phase, "containerStatuses": statuses},
+    }
+
+
+def test_pod_result_reads_the_first_container():
+    statuses = [
+        {"name": "side", "state": {"terminated": {"exitCode": 9, "message": "not me"}}},
+        {"name": "main", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": '{"a": 1}'}}},
+    ]
+    r = PodResult.from_body(pod("Succeeded", statuses))
+    assert r is not None and r.message == '{"a": 1}' and r.exit_code == 0
+    assert PodResult.from_body(pod("Running", statuses)) is None
+
+
+def test_outcome_of():
+    ok = JobState("w-1", finished=True, succeeded=True)
+    assert outcome_of(1, ok, PodResult("Succeeded", 0, "", '{"x": 2}')).result == {"x": 2}
+    bad = JobState(
+        "w-1",
+        finished=True,
+        succeeded=False,
+        reason="BackoffLimitExceeded",
+        message="Job has reached the specified backoff limit",
+    )
+    o = outcome_of(1, bad, PodResult("Failed", 4, "Error", "trace\n"))
+    assert (o.succeeded, o.reason, o.exit_code, o.message) == (False, "BackoffLimitExceeded", 4, "trace")
+    assert outcome_of(1, bad, None).message == "Job has reached the specified backoff limit"
+
+
+def test_store_roundtrip_and_compression():
+    for o in (
+        SubtaskOutcome(3, True, result=[1, "a"]),
+        SubtaskOutcome(4, False, reason="Error", message="m", exit_code=2),
+    ):
+        back = decode_outcome(o.index, json.loads(json.dumps(encode_outcome(o))))
+        assert (back.succeeded, back.result, back.reason, back.message, back.exit_code) == (
+            o.succeeded,
+            o.result,
+            o.reason,
+            o.message,
+            o.exit_code,
+        )
+    owner = Owner("w", "ns", "uid")
+    small = config_map_body(owner, "w-results-0", b'{"x": 1}', {})
+    assert small["data"]["results.json"] == '{"x": 1}' and small["metadata"]["ownerReferences"][0]["uid"] == "uid"
+    big_payload = json.dumps({"outcomes": {str(i): {"ok": True, "result": "r" * 100} for i in range(3000)}}).encode()
+    assert len(big_payload) > COMPRESS_ABOVE
+    big = config_map_body(owner, "w-results-1", big_payload, {})
+    assert "data" not in big and len(base64.b64decode(big["binaryData"]["results.json"])) < len(big_payload) / 10
+    assert read_payload(big) == big_payload and read_payload(small) == b'{"x": 1}'
+    assert gzip.decompress(base64.b64decode(big["binaryData"]["results.json"])) == big_payload
