@@ -14,7 +14,7 @@ from apwa import __version__
 from apwa.api.models import ParallelWorkload
 from apwa.manifest import ManifestError, Manifests, load
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask, plan
-from apwa.rendering import Owner, RenderError, render_job, render_network_policy
+from apwa.rendering import Owner, RenderError, label_value, render_job, render_network_policy
 
 
 class CliError(Exception):
@@ -148,6 +148,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if status["phase"] == "Succeeded" else 1
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    """Every stored outcome of a workload on the cluster, in index order (from its result ConfigMaps)."""
+    from kubernetes import client, config
+
+    from apwa.controller.store import decode_outcome, read_payload
+
+    try:
+        config.load_kube_config(context=args.context)
+        _, active = config.list_kube_config_contexts()
+        namespace = args.namespace or active["context"].get("namespace", "default")
+    except config.ConfigException as e:
+        raise CliError(f"no usable kubeconfig: {e}") from None
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    try:
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "apwa.dev", "v1alpha1", namespace, "parallelworkloads", args.workload
+        )
+        selector = f"apwa.dev/workload={label_value(args.workload)},apwa.dev/role=results"
+        cms = core.list_namespaced_config_map(namespace, label_selector=selector).items
+    except client.ApiException as e:
+        if e.status == 404:
+            raise CliError(f"ParallelWorkload {args.workload!r} not found in namespace {namespace!r}") from None
+        raise CliError(f"the API server answered {e.status}: {e.reason}") from None
+    outcomes = {}
+    for cm in cms:
+        payload = read_payload(api.sanitize_for_serialization(cm))
+        for i, entry in json.loads(payload or b"{}").get("outcomes", {}).items():
+            outcomes[int(i)] = decode_outcome(int(i), entry)
+    rows = []
+    for i in sorted(outcomes):
+        o = outcomes[i]
+        if o.succeeded:
+            rows.append({"index": i, "succeeded": True, "result": o.result})
+        elif not args.succeeded_only:
+            rows.append(
+                {"index": i, "succeeded": False, "reason": o.reason, "message": o.message, "exitCode": o.exit_code}
+            )
+    if args.output == "jsonl":
+        for r in rows:
+            print(json.dumps(r, separators=(",", ":")))
+    else:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    return 0
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from apwa.controller.main import run_operator
 
@@ -183,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--parallelism", type=int, help="override spec.parallelism")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+
+    res = sub.add_parser("results", help="print every stored subtask outcome of a workload on the cluster")
+    res.add_argument("workload", help="ParallelWorkload name")
+    res.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    res.add_argument("--context", help="kubeconfig context")
+    res.add_argument("-o", "--output", choices=["json", "jsonl"], default="json")
+    res.add_argument("--succeeded-only", action="store_true", help="leave out failed subtasks")
+    res.set_defaults(func=cmd_results)
 
     o = sub.add_parser("operator", help="run the operator against the current kubeconfig or in cluster")
     o.add_argument(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -331,3 +333,32 @@ def test_edit_after_completion_is_observed_and_ttl_deletes(w: Workloads) -> None
         return False
 
     wait_for(gone, 60, "workload deleted by spec.ttlSecondsAfterFinished")
+
+
+def test_apwa_results_command(w: Workloads) -> None:
+    templates = {
+        "default": {"podTemplate": pod_template({"KWOK_MESSAGE": '{"i": {{ index }}}'})},
+        "bad": {"podTemplate": pod_template({"KWOK_OUTCOME": "fail", "KWOK_EXIT_CODE": "2", "KWOK_MESSAGE": "no"})},
+    }
+    w.create(
+        workload(
+            "res", {"items": [0, {"template": "bad"}, 2]}, templates=templates, failurePolicy={"maxFailedSubtasks": 1}
+        )
+    )
+    w.wait_condition("res", "Complete")
+    apwa = str(Path(sys.executable).parent / "apwa")
+    out = subprocess.run([apwa, "results", "res", "-n", w.ns], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [
+        {"index": 0, "succeeded": True, "result": {"i": 0}},
+        {"index": 1, "succeeded": False, "reason": "BackoffLimitExceeded", "message": "no", "exitCode": 2},
+        {"index": 2, "succeeded": True, "result": {"i": 2}},
+    ]
+    lines = subprocess.run(
+        [apwa, "results", "res", "-n", w.ns, "-o", "jsonl", "--succeeded-only"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert [json.loads(x)["index"] for x in lines] == [0, 2]
+    missing = subprocess.run([apwa, "results", "nope", "-n", w.ns], capture_output=True, text=True)
+    assert missing.returncode == 1 and "ParallelWorkload 'nope' not found" in missing.stderr
