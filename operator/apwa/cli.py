@@ -41,7 +41,7 @@ def _data_for(workload: ParallelWorkload, manifests: Manifests, extra: dict[str,
     if d.planner is not None:
         from apwa.planning.dynamic import plan_offline
 
-        return plan_offline(workload)
+        return plan_offline(workload, {**manifests.config_maps, **extra})
     return None
 
 

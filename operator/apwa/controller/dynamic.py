@@ -185,6 +185,10 @@ async def _context(runner: WorkloadRunner, p: PlannerSpec) -> str | None:
 async def _report_planning(runner: WorkloadRunner, p: PlannerSpec) -> None:
     """Status phase Planning while the planner thinks (a model may take a minute)."""
     prev = runner.body.get("status") or {}
+    if any(c.get("type") == "Stalled" and c.get("status") == "True" for c in prev.get("conditions") or []):
+        # A retry after a failure: the Stalled condition (with the reason to act on) stays until
+        # a plan is stored, rather than flapping Stalled -> Planning -> Stalled on every backoff.
+        return
     what = f"model {p.model!r} at " if p.model else ""
     status = build(
         phase="Planning",

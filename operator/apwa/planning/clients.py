@@ -63,7 +63,7 @@ class _Contract(BaseModel):
 class WorkloadRef(_Contract):
     """The workload being planned."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     name: str = Field(description="metadata.name of the ParallelWorkload.")
     namespace: str | None = Field(description="Its namespace (null when planned offline by `apwa plan`).")
 
@@ -71,7 +71,9 @@ class WorkloadRef(_Contract):
 class PlanRequest(_Contract):
     """What APWA POSTs (Content-Type: application/json) to an HTTP decomposer."""
 
-    model_config = ConfigDict(extra="forbid", title="PlanRequest")
+    # Open to extra fields: later versions may send more, and decomposers must ignore what they
+    # don't know, so the published schema must not forbid it.
+    model_config = ConfigDict(extra="allow", title="PlanRequest")
     workload: WorkloadRef
     query: str = Field(description="spec.decomposition.planner.query: what to decompose.")
     context: str | None = Field(description="planner.context, or the text of planner.contextConfigMapRef; or null.")
@@ -205,8 +207,7 @@ def display_url(url: str) -> str:
         u = httpx.URL(url)
     except (httpx.InvalidURL, TypeError):
         return "<invalid URL>"
-    port = f":{u.port}" if u.port else ""
-    return f"{u.scheme}://{u.host}{port}{u.path}"
+    return f"{u.scheme}://{u.netloc.decode()}{u.path}"  # netloc: host[:port], no user info
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -299,9 +300,11 @@ class _Client:
             except (TimeoutError, httpx.TimeoutException):
                 problem = f"did not answer within timeoutSeconds ({spec.timeout_seconds}s)"
                 hint = f"raise {FIELD}.timeoutSeconds, or check that the planner is healthy"
+                field = f"{FIELD}.timeoutSeconds"
             except httpx.TransportError as e:
                 # httpx's messages name the host and the OS error, never headers.
                 problem = f"could not be reached ({type(e).__name__}: {self.redact(str(e)) or 'no detail'})"
+                field = f"{FIELD}.url"
                 hint = f"check {FIELD}.url and that the planner is reachable from here (DNS, NetworkPolicy, proxy)"
             else:
                 if resp.status_code not in RETRY_STATUS:
@@ -313,9 +316,10 @@ class _Client:
                     else "the planner failed; check its logs"
                 )
                 wait = _retry_after(resp)
+                field = FIELD
             if attempt == attempts:
                 tries = f"{attempts} attempts" if attempts > 1 else "1 attempt (retries: 0)"
-                raise PlanningError(FIELD, f"the {self.kind} planner at {where} {problem} after {tries}: {hint}")
+                raise PlanningError(field, f"the {self.kind} planner at {where} {problem} after {tries}: {hint}")
             if wait is None:
                 wait = delay * (0.5 + random.random())  # jitter: many workloads must not retry in step
                 delay = min(delay * 2, MAX_BACKOFF)
@@ -342,6 +346,10 @@ class _Client:
             )
         if code in (404, 405):
             return PlanningError(f"{FIELD}.url", f"{what}: check {FIELD}.url{self._url_hint()}")
+        if 300 <= code < 400:
+            # Not followed: a redirect would resend the API key to wherever it points.
+            target = display_url(resp.headers.get("Location", "")) if resp.headers.get("Location") else "elsewhere"
+            return PlanningError(f"{FIELD}.url", f"{what} to {target}: set {FIELD}.url to the final address")
         return PlanningError(FIELD, f"{what}{self._status_hint(code)}")
 
     def _url_hint(self) -> str:
@@ -390,7 +398,7 @@ class HTTPPlanner(_Client):
         started = time.monotonic()
         async with self._http(spec) as client:
             resp = await self._post(client, spec, spec.url, request.model_dump(by_alias=True, mode="json"))
-        if resp.status_code != 200:
+        if not 200 <= resp.status_code < 300:
             raise self._fail_status(resp, spec.url)
         where = display_url(spec.url)
         try:
