@@ -33,9 +33,10 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## Regenerate the CRD from the API models (a unit test fails when they drift).
+## Regenerate the CRD from the API models, and its copy in the chart (tests fail when they drift).
 crd: install
 	$(BIN)/apwa crd > crds/apwa.dev_parallelworkloads.yaml
+	cp crds/apwa.dev_parallelworkloads.yaml charts/apwa/crds/apwa.dev_parallelworkloads.yaml
 
 ## The real-work example, run locally: counts this repository's files, lines and words.
 example: install
@@ -66,3 +67,11 @@ bench: install testenv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+.PHONY: demo
+
+## The README demo on kind (needs Docker with a running daemon, kind and kubectl): creates the kind
+## cluster of kind-config.yaml, builds and loads both images, installs charts/apwa, runs
+## examples/wordcount.yaml on real pods and prints its result. The same flow is tests/e2e.
+demo: install
+	$(BIN)/python tests/e2e/test_kind.py
