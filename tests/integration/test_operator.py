@@ -362,3 +362,25 @@ def test_apwa_results_command(w: Workloads) -> None:
     assert [json.loads(x)["index"] for x in lines] == [0, 2]
     missing = subprocess.run([apwa, "results", "nope", "-n", w.ns], capture_output=True, text=True)
     assert missing.returncode == 1 and "ParallelWorkload 'nope' not found" in missing.stderr
+
+
+def test_job_quota_is_waited_out(w: Workloads) -> None:
+    """A ResourceQuota refusing Jobs (403) is reported and retried; TTL'd Jobs free the quota."""
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="jobs"), spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": "3"})
+    )
+    w.core.create_namespaced_resource_quota(w.ns, quota)
+    wait_for(
+        lambda: (w.core.read_namespaced_resource_quota_status("jobs", w.ns).status.hard or {}).get("count/jobs.batch"),
+        30,
+        "the quota to be active",
+    )
+    templates = {
+        "default": {"podTemplate": pod_template({"KWOK_MESSAGE": "{{ index }}"}), "ttlSecondsAfterFinished": 0}
+    }
+    w.create(workload("quota", {"range": {"end": 8}}, templates=templates, parallelism=5))
+    done = w.wait_condition("quota", "Complete", timeout=240)
+    assert done["status"]["counts"]["succeeded"] == 8
+    assert {i: e["result"] for i, e in w.results("quota").items()} == {i: i for i in range(8)}
+    events = w.core.list_namespaced_event(w.ns, field_selector="involvedObject.name=quota").items
+    assert any(e.reason == "Forbidden" and "exceeded quota" in e.message for e in events)

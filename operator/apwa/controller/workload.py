@@ -148,6 +148,10 @@ class WorkloadRunner:
                 raise
             except Stalled as e:
                 delay = await self._stalled(e)
+            except ApiError as e:
+                # Already retried with backoff inside the client; one line is enough here.
+                log.warning("workload %s/%s: %s; retrying", self.namespace, self.name, e)
+                delay = 5.0
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
                 delay = 5.0
@@ -365,22 +369,19 @@ class WorkloadRunner:
 
         results = await asyncio.gather(*(create(s) for s in batch), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            self.next_index = (
-                min(s.index for s in batch if s.index not in self.jobs)
-                if any(s.index not in self.jobs for s in batch)
-                else self.next_index
-            )
-            err = errors[0]
-            if isinstance(err, RenderError):
-                raise Stalled("InvalidTemplate", str(err), retry=300)
-            if isinstance(err, ApiError) and err.status in (400, 422):
-                raise Stalled("JobRejected", f"the API server rejected a subtask Job: {err.message}", retry=60)
-            if isinstance(err, ApiError) and err.status == 403:
-                raise Stalled("Forbidden", f"creating subtask Jobs is forbidden: {err.message}", retry=15)
-            if isinstance(err, Stalled):
-                raise err
-            raise err
+        if not errors:
+            return
+        # The subtasks whose creation failed are picked up again from the lowest one.
+        self.next_index = min([s.index for s in batch if s.index not in self.jobs] + [self.next_index])
+        err = errors[0]
+        if isinstance(err, RenderError):
+            raise Stalled("InvalidTemplate", str(err), retry=300)
+        if isinstance(err, ApiError) and err.status in (400, 422):
+            raise Stalled("JobRejected", f"the API server rejected a subtask Job: {err.message}", retry=60)
+        if isinstance(err, ApiError) and err.status == 403:
+            # Usually a ResourceQuota or a terminating namespace: worth retrying, but say so.
+            raise Stalled("Forbidden", f"creating subtask Jobs is forbidden: {err.message}", retry=15)
+        raise err
 
     def _check_ours(self, job: dict[str, Any]) -> None:
         refs = job["metadata"].get("ownerReferences") or []
