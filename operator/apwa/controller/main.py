@@ -22,6 +22,7 @@ def run_operator(args: argparse.Namespace) -> int:
     namespaces = args.namespaces or [n for n in os.environ.get("APWA_NAMESPACES", "").split(",") if n]
     port = args.metrics_port if args.metrics_port is not None else int(os.environ.get("APWA_METRICS_PORT", "8080"))
     REGISTRY.settings.metrics_port = port
+    REGISTRY.settings.namespaces = namespaces
     if args.max_subtasks:
         REGISTRY.settings.max_subtasks = args.max_subtasks
     interval = os.environ.get("APWA_STATUS_INTERVAL")

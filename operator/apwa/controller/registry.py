@@ -47,6 +47,11 @@ class Registry:
         else:
             runner.on_pod(event_type or "ADDED", body)
 
+    def jobs_listed(self, uids: set[str]) -> None:
+        """After a (re)list of Jobs: any Job a loop still tracks that was not listed is gone."""
+        for runner in self.runners.values():
+            runner.forget_jobs_not_in(uids)
+
     def stop(self, uid: str) -> None:
         runner = self.runners.pop(uid, None)
         if runner and runner.task:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,7 @@ class Settings:
     status_interval: float = 1.0
     max_subtasks: int = DEFAULT_MAX_SUBTASKS
     metrics_port: int = 8080
+    namespaces: list[str] = field(default_factory=list)
 
 
 class Stalled(Exception):
@@ -115,6 +116,14 @@ class WorkloadRunner:
                     metrics.WATCH_LAG.observe(max(time.time() - state.finished_at, 0.0))
                 self.jobs[index] = state
         self.wake.set()
+
+    def forget_jobs_not_in(self, uids: set[str]) -> None:
+        gone = [i for i, j in self.jobs.items() if j.uid and j.uid not in uids]
+        for i in gone:
+            del self.jobs[i]
+            self.next_index = min(self.next_index, i)
+        if gone:
+            self.wake.set()
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         if event_type == "DELETED":

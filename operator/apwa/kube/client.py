@@ -54,6 +54,11 @@ class Kube:
             timeout=httpx.Timeout(30.0, connect=10.0),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
+        # Watches hold their connection for minutes: a pool of their own, so they never starve
+        # the request pool.
+        self._watch_client = httpx.AsyncClient(
+            base_url=base_url, verify=verify, headers=headers or {}, limits=httpx.Limits(max_connections=None)
+        )
         self._sem = asyncio.Semaphore(concurrency)
         self._retries = retries
         self._token_file = token_file
@@ -84,8 +89,14 @@ class Kube:
             headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
         return cls(cfg.host, verify=ctx, headers=headers, concurrency=concurrency, token_file=token_file)
 
+    def stream(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        """A streaming request (watches): no overall timeout, only a read timeout longer than
+        the server-side timeoutSeconds so a silent connection is noticed."""
+        return self._watch_client.stream(method, path, params=params, timeout=httpx.Timeout(10.0, read=420.0))
+
     async def close(self) -> None:
         await self._client.aclose()
+        await self._watch_client.aclose()
 
     async def request(
         self,
@@ -116,7 +127,8 @@ class Kube:
                 return resp.status_code, _json(resp)
             metrics.API_ERRORS.labels(code=str(resp.status_code)).inc()
             if resp.status_code == 401 and self._token_file and attempt == 0:
-                self._client.headers["Authorization"] = f"Bearer {self._token_file.read_text().strip()}"
+                token = f"Bearer {self._token_file.read_text().strip()}"
+                self._client.headers["Authorization"] = self._watch_client.headers["Authorization"] = token
                 continue
             if resp.status_code in RETRY_STATUS and attempt < self._retries:
                 metrics.API_RETRIES.inc()
