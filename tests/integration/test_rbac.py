@@ -59,10 +59,10 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     # the owner's finalizers, without it every child creation is forbidden.
     ("apwa.dev", "parallelworkloads/finalizers"): {"update"},
     # Subtask and reduce Jobs: create (_create, _start_reduce), get (an existing Job with our name,
-    # _create), list (_seed after a restart), watch (kopf, handlers.job_event), patch (TTL after
+    # _create), list (_seed after a restart), watch (controller/watch.py ChildWatch), patch (TTL after
     # the outcome is stored, _release_recorded; suspend/resume, _apply_suspend).
     ("batch", "jobs"): {"create", "get", "list", "watch", "patch"},
-    # Results travel in pod termination messages: list (_seed), watch (kopf, handlers.pod_event).
+    # Results travel in pod termination messages: list (_seed), watch (controller/watch.py ChildWatch).
     ("", "pods"): {"list", "watch"},
     # Result chunks (store.ResultStore: create, update = PUT, list), the reduce input (create) and
     # configMapRef plans (get, _config_map_data).
