@@ -43,9 +43,11 @@ log = logging.getLogger("apwa.workload")
 # recording the outcome without the pod's termination message.
 POD_GRACE_SECONDS = 15.0
 RESYNC_SECONDS = 30.0
-# Jobs created per step: a wide window fills in slices, so results are collected and the status
-# written between slices instead of after thousands of creations.
-CREATE_SLICE = 200
+# Job creations in flight per workload (the client bounds requests in flight overall).
+MAX_CREATING = 128
+# Steps scan the workload's Jobs; at thousands of child events per second one step per event
+# would spend the CPU the API server needs. Events arriving within this interval share a step.
+MIN_STEP_INTERVAL = 0.1
 
 
 @dataclass
@@ -89,6 +91,9 @@ class WorkloadRunner:
         self.stall_retry = 5.0
         self.finished_reported = False
         self.task: asyncio.Task[None] | None = None
+        self.creating: set[int] = set()
+        self.create_tasks: set[asyncio.Task[None]] = set()
+        self.create_errors: list[BaseException] = []
 
     # ---- events from the shared watches ------------------------------------------------------
     def on_workload(self, body: dict[str, Any]) -> None:
@@ -146,10 +151,18 @@ class WorkloadRunner:
 
     # ---- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            for task in self.create_tasks:
+                task.cancel()
+
+    async def _loop(self) -> None:
         delay = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            await asyncio.sleep(MIN_STEP_INTERVAL)  # rate limit, not synchronisation: see above
             self.wake.clear()
             try:
                 delay = await self.step()
@@ -343,26 +356,30 @@ class WorkloadRunner:
             self.jobs[i].suspended = spec.suspend
 
     async def _create(self, spec: ParallelWorkloadSpec, active: int) -> None:
+        """Top the window up. Creations run as a pipeline of tasks (at most MAX_CREATING in flight);
+        each one that finishes wakes the loop, which starts the next, so there is no batch tail."""
         assert self.subtasks is not None and self.agg is not None
-        room = min(spec.parallelism - active, CREATE_SLICE)
-        if spec.parallelism - active > CREATE_SLICE:
-            self.wake.set()  # more to create: the loop comes straight back
+        if self.create_errors:
+            err, self.create_errors = self.create_errors[0], []
+            _raise_create_error(err)
+        room = min(spec.parallelism - active - len(self.creating), MAX_CREATING - len(self.creating))
         total = len(self.subtasks)
-        batch: list[Subtask] = []
         i = self.next_index
+        owner, path = self.owner, self._path("jobs", "batch/v1")
         while room > 0 and i < total:
-            if i not in self.agg.outcomes and i not in self.jobs:
-                batch.append(self.subtasks[i])
+            if i not in self.agg.outcomes and i not in self.jobs and i not in self.creating:
+                self.creating.add(i)
+                task = asyncio.create_task(self._create_one(spec, owner, path, self.subtasks[i], total))
+                self.create_tasks.add(task)
+                task.add_done_callback(self.create_tasks.discard)
                 room -= 1
             i += 1
-        # Everything below i is created or done; a deleted Job moves next_index back.
+        # Everything below i is created, being created or done; a deleted Job or a failed
+        # creation moves next_index back.
         self.next_index = i
-        if not batch:
-            return
-        owner = self.owner
-        path = self._path("jobs", "batch/v1")
 
-        async def create(s: Subtask) -> None:
+    async def _create_one(self, spec: ParallelWorkloadSpec, owner: Owner, path: str, s: Subtask, total: int) -> None:
+        try:
             job = render_job(owner, spec, s, total)
             started = time.perf_counter()
             created, body = await self.kube.create(path, job)
@@ -375,22 +392,14 @@ class WorkloadRunner:
                 if existing is not None:
                     self._check_ours(existing)
                     self.jobs[s.index] = JobState.from_body(existing)
-
-        results = await asyncio.gather(*(create(s) for s in batch), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if not errors:
-            return
-        # The subtasks whose creation failed are picked up again from the lowest one.
-        self.next_index = min([s.index for s in batch if s.index not in self.jobs] + [self.next_index])
-        err = errors[0]
-        if isinstance(err, RenderError):
-            raise Stalled("InvalidTemplate", str(err), retry=300)
-        if isinstance(err, ApiError) and err.status in (400, 422):
-            raise Stalled("JobRejected", f"the API server rejected a subtask Job: {err.message}", retry=60)
-        if isinstance(err, ApiError) and err.status == 403:
-            # Usually a ResourceQuota or a terminating namespace: worth retrying, but say so.
-            raise Stalled("Forbidden", f"creating subtask Jobs is forbidden: {err.message}", retry=15)
-        raise err
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.create_errors.append(e)
+            self.next_index = min(self.next_index, s.index)
+        finally:
+            self.creating.discard(s.index)
+            self.wake.set()
 
     def _check_ours(self, job: dict[str, Any]) -> None:
         refs = job["metadata"].get("ownerReferences") or []
@@ -603,6 +612,17 @@ class WorkloadRunner:
             await self.kube.create(self._path("events", "v1"), body)
         except ApiError as e:
             log.info("event not posted: %s", e)
+
+
+def _raise_create_error(err: BaseException) -> None:
+    if isinstance(err, RenderError):
+        raise Stalled("InvalidTemplate", str(err), retry=300)
+    if isinstance(err, ApiError) and err.status in (400, 422):
+        raise Stalled("JobRejected", f"the API server rejected a subtask Job: {err.message}", retry=60)
+    if isinstance(err, ApiError) and err.status == 403:
+        # Usually a ResourceQuota or a terminating namespace: worth retrying, but say so.
+        raise Stalled("Forbidden", f"creating subtask Jobs is forbidden: {err.message}", retry=15)
+    raise err
 
 
 def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutcome:

@@ -163,8 +163,8 @@ def _job(
     }
     if template.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = template.active_deadline_seconds
-    if template.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = template.ttl_seconds_after_finished
+    # No ttlSecondsAfterFinished here on purpose: the operator sets the template's TTL only after
+    # it has stored the subtask's outcome, so a TTL can never delete an unrecorded result.
     meta = metadata(owner, name, labels)
     meta["annotations"] = {ANNOTATION_TEMPLATE: template_name}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
