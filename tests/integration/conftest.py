@@ -23,9 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Cluster, wait_for
+from helpers import Cluster, temporary_namespace
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from operator_proc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,25 +105,8 @@ def _namespace_name(node_name: str) -> str:
 
 @pytest.fixture
 def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    core = client.CoreV1Api(api)
-    name = _namespace_name(request.node.name)
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"apwa.dev/test": "integration"}))
-    )
-    try:
-        # Pods are rejected until the ServiceAccount controller has created "default".
-        wait_for(
-            lambda: core.read_namespaced_service_account("default", name),
-            timeout=60,
-            message=f"ServiceAccount default in namespace {name}",
-        )
+    with temporary_namespace(api, _namespace_name(request.node.name), {"apwa.dev/test": "integration"}) as name:
         yield name
-    finally:
-        try:
-            core.delete_namespace(name, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 T = TypeVar("T")
 
@@ -59,3 +63,20 @@ def wait_for(
             raise WaitTimeout(f"timed out after {timeout:g}s ({attempts} attempts): {message} ({detail})")
         time.sleep(min(interval, deadline - now))
         interval = min(interval * 1.5, max_interval)
+
+
+@contextmanager
+def temporary_namespace(api: client.ApiClient, name: str, labels: dict[str, str]) -> Iterator[str]:
+    """A namespace that exists for the block, with its default ServiceAccount ready."""
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+    try:
+        # Pods are rejected until the ServiceAccount controller has created "default".
+        wait_for(lambda: core.read_namespaced_service_account("default", name), 60, f"ServiceAccount default in {name}")
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,6 +13,7 @@ from apwa.controller.store import read_payload
 from helpers import wait_for
 from kubernetes import client
 from operator_proc import OperatorProcess
+from scripted_server import Reply, Seen, Server
 from workloads import Workloads, pod_template, workload
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -24,69 +22,18 @@ SECRET = "sk-it-5ecr3t-0123456789abcdef"
 ITEMS: list[Any] = ["alpha", {"template": "big", "n": 2}, "gamma", {"path": "x/y.py"}]
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None
-    delay: float = 0.0
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Planner:
-    """A planner service on 127.0.0.1 whose answer the test can change while it runs."""
-
-    reply: Callable[[Seen], Reply]
-    requests: list[Seen] = field(default_factory=list)
-    url: str = ""
-
-    def __post_init__(self) -> None:
-        planner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw))
-                planner.requests.append(seen)
-                reply = planner.reply(seen)
-                time.sleep(reply.delay)
-                payload = json.dumps(reply.body).encode()
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def planners() -> Iterator[Callable[[Callable[[Seen], Reply]], Planner]]:
-    started: list[Planner] = []
+def planners() -> Iterator[Callable[[Callable[[Seen], Reply]], Server]]:
+    """Start planner services whose answers the test scripts; the operator subprocess calls them."""
+    started: list[Server] = []
 
-    def start(reply: Callable[[Seen], Reply]) -> Planner:
-        started.append(Planner(reply))
+    def start(reply: Callable[[Seen], Reply]) -> Server:
+        started.append(Server(reply).__enter__())
         return started[-1]
 
     yield start
     for p in started:
-        p.close()
+        p.__exit__()
 
 
 @pytest.fixture
@@ -134,7 +81,7 @@ def assert_no_secret_anywhere(w: Workloads, name: str, operator: OperatorProcess
 
 
 def test_openai_planned_workload_runs_end_to_end(
-    w: Workloads, planners: Callable[..., Planner], operator: OperatorProcess
+    w: Workloads, planners: Callable[..., Server], operator: OperatorProcess
 ) -> None:
     # A slow model: the workload shows phase Planning meanwhile.
     llm = planners(lambda seen: Reply(body=completion(ITEMS).body, delay=3))
@@ -180,7 +127,7 @@ def test_openai_planned_workload_runs_end_to_end(
 
 
 def test_planned_workload_survives_a_restart_before_the_first_job(
-    w: Workloads, planners: Callable[..., Planner], operator: OperatorProcess
+    w: Workloads, planners: Callable[..., Server], operator: OperatorProcess
 ) -> None:
     decomposer = planners(lambda seen: Reply(body={"subtasks": ITEMS}))
     planner = {"type": "HTTP", "url": decomposer.url + "/plan", "query": "split it", "context": "inline"}
@@ -212,7 +159,7 @@ def test_planned_workload_survives_a_restart_before_the_first_job(
 
 
 def test_failing_planner_stalls_then_recovers(
-    w: Workloads, planners: Callable[..., Planner], operator: OperatorProcess
+    w: Workloads, planners: Callable[..., Server], operator: OperatorProcess
 ) -> None:
     healthy = threading.Event()
 

@@ -21,23 +21,21 @@ The operator under test watches only this test's namespace (`--namespace`); its 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import Cluster, wait_for
+from helpers import Cluster, temporary_namespace, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_proc import OperatorProcess
+from scripted_server import Reply, Server
 from workloads import Workloads, pod_template, workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,18 +239,8 @@ def sa_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path
 @pytest.fixture
 def rbac_namespace(api: client.ApiClient) -> Iterator[str]:
     """A namespace outside the session prefix: only the operator started by this test handles it."""
-    core = client.CoreV1Api(api)
-    name = f"rbac-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"apwa.dev/test": "rbac"})))
-    try:
-        wait_for(lambda: core.read_namespaced_service_account("default", name), 60, f"ServiceAccount default in {name}")
+    with temporary_namespace(api, f"rbac-{uuid.uuid4().hex[:8]}", {"apwa.dev/test": "rbac"}) as name:
         yield name
-    finally:
-        try:
-            core.delete_namespace(name, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
 
 def can_i(sa_user: str, *args: str) -> bool:
@@ -267,7 +255,7 @@ def test_operator_runs_with_exactly_the_chart_rbac(
     api: client.ApiClient,
     helm: str,
     rbac_namespace: str,
-    planner: PlannerServer,
+    planner: Server,
     tmp_path: Path,
     mode: str,
 ) -> None:
@@ -328,46 +316,19 @@ def test_operator_runs_with_exactly_the_chart_rbac(
             kubectl("delete", d["kind"].lower(), d["metadata"]["name"], "--ignore-not-found", check=False)
 
 
-class PlannerServer:
-    """An HTTP decomposer on 127.0.0.1 that answers two subtasks and records the Authorization
-    header it got (proof that the operator read the key Secret)."""
-
-    def __init__(self) -> None:
-        self.authorizations: list[str] = []
-        seen = self.authorizations
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                seen.append(self.headers.get("Authorization", ""))
-                payload = json.dumps({"subtasks": ["alpha", "beta"]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/plan"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def planner_server() -> Server:
+    """An HTTP decomposer on 127.0.0.1 that answers two subtasks; its recorded requests show the
+    Authorization header (proof that the operator read the key Secret)."""
+    return Server([Reply(body={"subtasks": ["alpha", "beta"]})])
 
 
 @pytest.fixture
-def planner() -> Iterator[PlannerServer]:
-    server = PlannerServer()
-    yield server
-    server.close()
+def planner() -> Iterator[Server]:
+    with planner_server() as server:
+        yield server
 
 
-def run_workloads(api: client.ApiClient, ns: str, planner: PlannerServer) -> None:
+def run_workloads(api: client.ApiClient, ns: str, planner: Server) -> None:
     w = Workloads(api, ns)
     # A range of 3, each Job with a TTL (patched once its outcome is stored), then a reduce step.
     templates = {
@@ -401,7 +362,7 @@ def run_workloads(api: client.ApiClient, ns: str, planner: PlannerServer) -> Non
     )
     planner_spec = {
         "type": "HTTP",
-        "url": planner.url,
+        "url": planner.url + "/plan",
         "query": "two things",
         "apiKeySecretRef": {"name": PLANNER_SECRET, "key": "apiKey"},
     }
@@ -430,7 +391,7 @@ def run_workloads(api: client.ApiClient, ns: str, planner: PlannerServer) -> Non
 
     planned = w.wait_condition("planned", "Complete", TIMEOUT)
     assert [r["result"] for r in planned["status"]["result"]] == ["alpha", "beta"]
-    assert planner.authorizations == [f"Bearer {PLANNER_KEY}"]
+    assert [r.headers.get("authorization") for r in planner.requests] == [f"Bearer {PLANNER_KEY}"]
     w.core.read_namespaced_config_map("planned-plan", ns)  # the stored plan
 
     wait_for(listed_gone, TIMEOUT, f"{ns}/listed deleted by its ttlSecondsAfterFinished ({w.describe('listed')})")
