@@ -110,6 +110,7 @@ class LocalRunner:
         self.progress = Progress(len(subtasks), stream, progress)
         self.notices: set[str] = set()
         self.procs: set[asyncio.subprocess.Process] = set()
+        self.spawned: list[asyncio.subprocess.Process] = []  # every process ever started
         self.active = 0
         self.tmp = Path(tempfile.mkdtemp(prefix="apwa-local-"))
         # Commands such as `python3` or `apwa-example-wordcount` resolve to this installation.
@@ -132,6 +133,7 @@ class LocalRunner:
             except OSError as e:
                 return _Attempt(127, "", f"cannot start {argv[0]!r}: {e.strerror}", False)
             self.procs.add(proc)
+            self.spawned.append(proc)
             timed_out = False
             try:
                 timeout = None if deadline is None else max(deadline - time.monotonic(), 0.01)
@@ -140,6 +142,9 @@ class LocalRunner:
                 timed_out = True
                 _kill(proc)
                 await proc.wait()
+            except asyncio.CancelledError:
+                _kill(proc)  # Ctrl-C: whichever task is cancelled first, its process goes
+                raise
             finally:
                 self.procs.discard(proc)
         text, tail = _read_outputs(result, log)
@@ -286,4 +291,11 @@ def run_local(
     runner = LocalRunner(workload, subtasks, stream=stream, progress=progress)
     if on_runner:
         on_runner(runner)
-    return asyncio.run(runner.run())
+    try:
+        return asyncio.run(runner.run())
+    except KeyboardInterrupt:
+        # Last line of defence: a process whose task never got to its own cleanup.
+        for proc in runner.spawned:
+            if proc.returncode is None:
+                _kill(proc)
+        raise
