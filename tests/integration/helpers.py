@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -80,3 +84,26 @@ def temporary_namespace(api: client.ApiClient, name: str, labels: dict[str, str]
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+HACK_BUILD = Path(__file__).resolve().parents[2] / "hack" / "testenv-build.sh"
+
+
+def tool_dir(*tools: str) -> Path:
+    """The bin dir of hack/testenv-build.sh, building `tools` first if missing (a no-op when built)."""
+    cache = Path(os.environ.get("APWA_CACHE_DIR") or Path.home() / ".cache" / "apwa")
+    cache.mkdir(parents=True, exist_ok=True)
+    bin_dir = ""
+    for tool in tools:
+        # The same lock hack/cluster.sh takes: two concurrent go builds only slow each other down.
+        proc = subprocess.run(
+            ["flock", str(cache / ".build.lock"), "bash", str(HACK_BUILD), tool],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"hack/testenv-build.sh {tool} failed:\n{proc.stderr[-3000:]}", pytrace=False)
+        bin_dir = proc.stdout.strip().splitlines()[-1]
+    return Path(bin_dir)

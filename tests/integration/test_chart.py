@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import uuid
@@ -29,13 +28,12 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import Cluster, wait_for
+from helpers import Cluster, tool_dir, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "apwa"
-HACK_BUILD = REPO / "hack" / "testenv-build.sh"
 SERVICEMONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 
 # Rendering cases. {ns} is the case's release namespace, {a} and {b} two more namespaces; all are
@@ -71,26 +69,6 @@ CASES: dict[str, list[str]] = {
         "fullnameOverride=batch-operator",
     ],
 }
-
-
-def tool_dir(*tools: str) -> Path:
-    """The bin dir of hack/testenv-build.sh, building `tools` first if missing (a no-op when built)."""
-    cache = Path(os.environ.get("APWA_CACHE_DIR") or Path.home() / ".cache" / "apwa")
-    cache.mkdir(parents=True, exist_ok=True)
-    bin_dir = ""
-    for tool in tools:
-        # The same lock hack/cluster.sh takes: two concurrent go builds only slow each other down.
-        proc = subprocess.run(
-            ["flock", str(cache / ".build.lock"), "bash", str(HACK_BUILD), tool],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
-        if proc.returncode != 0:
-            pytest.fail(f"hack/testenv-build.sh {tool} failed:\n{proc.stderr[-3000:]}", pytrace=False)
-        bin_dir = proc.stdout.strip().splitlines()[-1]
-    return Path(bin_dir)
 
 
 @pytest.fixture(scope="module")

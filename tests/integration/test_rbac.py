@@ -21,7 +21,6 @@ The operator under test watches only this test's namespace (`--namespace`); its 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import uuid
@@ -31,7 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import Cluster, temporary_namespace, wait_for
+from helpers import Cluster, temporary_namespace, tool_dir, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_proc import OperatorProcess
@@ -40,7 +39,6 @@ from workloads import Workloads, pod_template, workload
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "apwa"
-HACK_BUILD = REPO / "hack" / "testenv-build.sh"
 TIMEOUT = 120.0
 PLANNER_SECRET, PLANNER_KEY = "planner-key", "s3cret-for-rbac-test"
 DENIED = re.compile(r"(?<![\d,.:])403(?!\d)|[Ff]orbidden|Not enough permissions")
@@ -83,26 +81,9 @@ NAMESPACE_DISCOVERY: dict[tuple[str, str], set[str]] = {("", "namespaces"): {"li
 Rules = dict[tuple[str, str], set[str]]
 
 
-def tool_dir() -> Path:
-    """helm's bin dir, built once by hack/testenv-build.sh (a no-op when it is there)."""
-    cache = Path(os.environ.get("APWA_CACHE_DIR") or Path.home() / ".cache" / "apwa")
-    cache.mkdir(parents=True, exist_ok=True)
-    # The same lock hack/cluster.sh takes: two concurrent go builds only slow each other down.
-    proc = subprocess.run(
-        ["flock", str(cache / ".build.lock"), "bash", str(HACK_BUILD), "helm"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"hack/testenv-build.sh helm failed:\n{proc.stderr[-3000:]}", pytrace=False)
-    return Path(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def helm() -> str:
-    return str(tool_dir() / "helm")
+    return str(tool_dir("helm") / "helm")
 
 
 def kube_version() -> str:
