@@ -59,8 +59,8 @@ class Progress:
         done = agg.finished
         filled = int(width * done / self.total) if self.total else width
         line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-            f"succeeded {agg.succeeded} failed {agg.failed} active {active}"
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} done: "
+            f"{agg.succeeded} succeeded, {agg.failed} failed, {active} running"
         )
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else ""))
