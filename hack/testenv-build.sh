@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, kwokctl) and the chart tools (helm, kubeconform) from Go modules only,
+# kubectl, etcd, and kubelet + kube-proxy for the real node, kwok, kwokctl) and the chart tools (helm, kubeconform) from Go modules only,
 # into a versioned cache directory outside the repo. A no-op when the binaries are there.
 # Prints the bin directory on its last line.
 set -euo pipefail
@@ -38,7 +38,8 @@ init_kube_module() {
   (cd "$d" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
       "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
       "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION" \
-      "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION")
+      "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubelet@$KUBE_VERSION" \
+      "k8s.io/kubernetes/cmd/kube-proxy@$KUBE_VERSION")
 }
 
 init_simple_module() { # dir, module path@version, packages...
@@ -50,7 +51,7 @@ init_simple_module() { # dir, module path@version, packages...
 }
 
 build_kube() {
-  have kube-apiserver kube-controller-manager kube-scheduler kubectl && return 0
+  have kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy && return 0
   init_kube_module
   local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
   local ld=""
@@ -60,7 +61,8 @@ build_kube() {
   log "building kubernetes $KUBE_VERSION (slow the first time: 15-30 min on 2 cores)"
   (cd "$mods/kube" && go build -trimpath -ldflags "-s -w $ld" -o "$bin/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
 }
 
 build_etcd() {
