@@ -66,6 +66,21 @@ def test_custom_egress_needs_rules():
     assert "egress Custom needs egressRules" in p
 
 
+@pytest.mark.parametrize(
+    ("isolation", "read_only"),
+    [({}, True), ({"readOnlyRootFilesystem": False}, False), ({"readOnlyRootFilesystem": True}, True)],
+    ids=["default-read-only", "relaxed", "explicit"],
+)
+def test_read_only_root_filesystem_is_the_default(isolation, read_only):
+    w = parse_workload(doc(isolation=isolation))
+    assert w.spec.isolation_or_default.read_only_root_filesystem is read_only
+
+
+def test_isolation_fields_are_checked():
+    (p,) = problems(doc(isolation={"readOnlyRootFilesystem": "sometimes"}))
+    assert p.startswith("spec.isolation.readOnlyRootFilesystem:")
+
+
 def test_empty_matrix_axis():
     (p,) = problems(doc(decomposition={"matrix": {"a": [1], "b": []}}))
     assert p.startswith("spec.decomposition.matrix.b:") and "at least 1 item" in p

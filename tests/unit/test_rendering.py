@@ -91,6 +91,90 @@ def test_isolation_defaults():
     assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     sc = pod["containers"][0]["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert "runtimeClassName" not in pod
+
+
+INIT = {"name": "init", "image": "i", "command": ["true"]}
+
+
+@pytest.mark.parametrize(
+    "pod_spec",
+    [
+        {"containers": [{"name": "w", "image": "i"}]},
+        {"initContainers": [INIT], "containers": [{"name": "w", "image": "i"}, {"name": "x", "image": "i"}]},
+        {"volumes": [{"name": "data", "emptyDir": {}}], "containers": [{"name": "w", "image": "i"}]},
+    ],
+    ids=["one-container", "init-and-two-containers", "user-volume-kept"],
+)
+def test_read_only_root_with_a_writable_tmp(pod_spec):
+    pod = job_for(spec(pod_spec))["spec"]["template"]["spec"]
+    containers = pod.get("initContainers", []) + pod["containers"]
+    for c in containers:
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {"name": "apwa-tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert pod["volumes"][-1] == {"name": "apwa-tmp", "emptyDir": {}}
+    assert [v["name"] for v in pod["volumes"][:-1]] == [v["name"] for v in pod_spec.get("volumes", [])]
+
+
+def test_a_template_tmp_mount_is_kept():
+    pod_spec = {
+        "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+        "containers": [{"name": "w", "image": "i", "volumeMounts": [{"name": "scratch", "mountPath": "/tmp/"}]}],
+    }
+    pod = job_for(spec(pod_spec))["spec"]["template"]["spec"]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp/"}]
+    assert [v["name"] for v in pod["volumes"]] == ["scratch"]
+
+
+def test_the_reduce_job_is_read_only_too():
+    s = spec(results={"reduce": {}})
+    s.templates["default"].pod_template["spec"]["containers"][0]["args"] = ["reduce"]
+    pod = render_reduce_job(OWNER, s, "demo-results", "results.json")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {v["name"] for v in pod["volumes"]} == {"apwa-tmp", "apwa-results"}
+
+
+@pytest.mark.parametrize(
+    ("isolation", "writable"),
+    [
+        ({"readOnlyRootFilesystem": False}, True),
+        ({"podSecurity": "Unrestricted"}, True),
+        ({}, False),
+    ],
+    ids=["relaxed-by-its-field", "relaxed-by-unrestricted", "not-relaxed"],
+)
+def test_writable_root_filesystem_needs_a_relaxation(isolation, writable):
+    pod_spec = {"containers": [{"name": "w", "image": "i", "securityContext": {"readOnlyRootFilesystem": False}}]}
+    if not writable:
+        with pytest.raises(RenderError) as e:
+            job_for(spec(pod_spec, isolation=isolation))
+        assert e.value.field.endswith("containers[0].securityContext.readOnlyRootFilesystem")
+        assert "spec.isolation.readOnlyRootFilesystem: false" in e.value.message
+        return
+    pod = job_for(spec(pod_spec, isolation=isolation))["spec"]["template"]["spec"]
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]
+
+
+def test_relaxed_root_filesystem_keeps_the_rest_restricted():
+    pod = job_for(spec(isolation={"readOnlyRootFilesystem": False}))["spec"]["template"]["spec"]
+    sc = pod["containers"][0]["securityContext"]
+    assert "readOnlyRootFilesystem" not in sc and "volumes" not in pod
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_tmp_volume_name_is_reserved():
+    pod_spec = {"volumes": [{"name": "apwa-tmp", "emptyDir": {}}], "containers": [{"name": "w", "image": "i"}]}
+    with pytest.raises(RenderError) as e:
+        job_for(spec(pod_spec))
+    assert e.value.field.endswith("spec.volumes[0].name") and "reserved" in e.value.message
+
+
+@pytest.mark.parametrize("pod_security", ["Restricted", "Unrestricted"])
+def test_runtime_class_reaches_the_pod(pod_security):
+    s = spec(isolation={"runtimeClassName": "gvisor", "podSecurity": pod_security})
+    assert job_for(s)["spec"]["template"]["spec"]["runtimeClassName"] == "gvisor"
 
 
 def test_compatible_user_settings_are_kept():
@@ -139,6 +223,13 @@ def test_compatible_user_settings_are_kept():
             "automountServiceAccountToken",
         ),
         ({"restartPolicy": "OnFailure", "containers": [{"name": "w", "image": "i"}]}, "restartPolicy"),
+        (
+            {
+                "initContainers": [{**INIT, "securityContext": {"readOnlyRootFilesystem": False}}],
+                "containers": [{"name": "w", "image": "i"}],
+            },
+            "initContainers[0].securityContext.readOnlyRootFilesystem",
+        ),
     ],
 )
 def test_weakening_isolation_by_accident_is_an_error(pod_spec, field):

@@ -285,11 +285,21 @@ class Isolation(Model):
         "None", description="None: no egress at all. DNS: cluster DNS only. Custom: DNS plus egressRules."
     )
     egress_rules: list[EgressRule] | None = Field(None, description="Allowed destinations when egress=Custom.")
-    runtime_class_name: str | None = Field(None, description="RuntimeClass for sandboxed pods (gVisor, Kata).")
+    runtime_class_name: str | None = Field(
+        None,
+        description="RuntimeClass of the subtask pods, for a sandbox runtime the cluster offers (gVisor runsc, "
+        "Kata Containers). Unset: the node's default runtime.",
+    )
     pod_security: Literal["Restricted", "Unrestricted"] = Field(
         "Restricted",
-        description="Restricted enforces non-root, no privilege escalation, all capabilities dropped and "
-        "seccomp RuntimeDefault. Unrestricted leaves the pod template's security settings as written.",
+        description="Restricted enforces non-root, no privilege escalation, all capabilities dropped, "
+        "seccomp RuntimeDefault and (unless readOnlyRootFilesystem is false) a read-only root file system. "
+        "Unrestricted leaves the pod template's security settings as written.",
+    )
+    read_only_root_filesystem: bool = Field(
+        True,
+        description="Under Restricted pod security, every container's root file system is read-only and a "
+        "writable emptyDir is mounted at /tmp. false lets the pod template decide.",
     )
     service_account_token: bool = Field(False, description="Mount the pod's service account token.")
 

@@ -12,6 +12,7 @@ from apwa.api.models import Isolation, JobTemplate, ParallelWorkloadSpec
 from apwa.planning.base import Subtask
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
+from apwa.results.protocol import message_budget
 
 LABEL_WORKLOAD = "apwa.dev/workload"
 LABEL_UID = "apwa.dev/workload-uid"
@@ -148,6 +149,8 @@ def _job(
             ours = [{"name": k, "value": v} for k, v in env.items()]
             path = c.get("terminationMessagePath", RESULT_PATH)
             ours.append({"name": "APWA_RESULT_PATH", "value": path})
+            # What survives of one container's message in this pod: the worker refuses more.
+            ours.append({"name": "APWA_RESULT_LIMIT", "value": str(message_budget(pod_spec))})
             c["env"] = [e for e in c.get("env") or [] if e.get("name") not in env] + ours
             if kind == "containers":
                 # The result travels in the termination message; on a crash the log tail stands in.
@@ -179,6 +182,11 @@ _RESTRICTED_CONTAINER = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 _RELAX = "spec.isolation.podSecurity: Unrestricted"
+_RELAX_ROOT_FS = "spec.isolation.readOnlyRootFilesystem: false"
+# A read-only root file system still needs somewhere to write scratch files. The result file
+# (terminationMessagePath) needs nothing: the kubelet bind-mounts it writable at any path.
+TMP_VOLUME = "apwa-tmp"
+TMP_MOUNT = "/tmp"
 
 
 def _enforce_isolation(pod: dict[str, Any], isolation: Isolation, where: str) -> None:
@@ -213,6 +221,32 @@ def _enforce_isolation(pod: dict[str, Any], isolation: Isolation, where: str) ->
             if added:
                 raise RenderError(f"{cwhere}.capabilities.add", f"{sorted(added)} need {_RELAX}")
             c["securityContext"] = _merge(sc, _RESTRICTED_CONTAINER, cwhere)
+    if isolation.read_only_root_filesystem:
+        _read_only_root(pod, where)
+
+
+def _read_only_root(pod: dict[str, Any], where: str) -> None:
+    """Every container's root file system read-only, with a writable emptyDir at /tmp."""
+    volumes = pod.get("volumes") or []
+    for i, v in enumerate(volumes):
+        if v.get("name") == TMP_VOLUME:
+            raise RenderError(f"{where}.spec.volumes[{i}].name", f"{TMP_VOLUME} is reserved by apwa; rename it")
+    needs_tmp = False
+    for kind in ("initContainers", "containers"):
+        for i, c in enumerate(pod.get(kind) or []):
+            sc = c["securityContext"]
+            if sc.get("readOnlyRootFilesystem", True) is not True:
+                raise RenderError(
+                    f"{where}.spec.{kind}[{i}].securityContext.readOnlyRootFilesystem",
+                    f"a writable root file system needs {_RELAX_ROOT_FS}",
+                )
+            sc["readOnlyRootFilesystem"] = True
+            mounts = c.setdefault("volumeMounts", [])
+            if not any(m.get("mountPath", "").rstrip("/") == TMP_MOUNT for m in mounts):
+                mounts.append({"name": TMP_VOLUME, "mountPath": TMP_MOUNT})
+                needs_tmp = True
+    if needs_tmp:
+        pod["volumes"] = [*volumes, {"name": TMP_VOLUME, "emptyDir": {}}]
 
 
 def _merge(user: dict[str, Any], required: dict[str, Any], where: str) -> dict[str, Any]:
