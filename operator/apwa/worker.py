@@ -2,7 +2,7 @@
 
     from apwa import worker
     item = worker.item()                       # this subtask's item (any JSON value)
-    worker.emit({"lines": 42})                 # the result; at most 4 KiB of JSON
+    worker.emit({"lines": 42})                 # the result; at most 4 KiB as an envelope
 
 A reduce step reads every result with `worker.results()`. Nothing here needs a cluster: the
 operator and `apwa run --local` both pass the same environment variables.
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from apwa.results.protocol import encode_result
+from apwa.results.protocol import MAX_RESULT_BYTES, encode_result
 
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 
@@ -38,8 +38,10 @@ def workload() -> str:
 
 
 def emit(value: Any) -> None:
-    """Report this subtask's result. Raises ResultTooLarge (and writes nothing) past 4 KiB."""
-    data = encode_result(value)
+    """Report this subtask's result, in the envelope of apwa.results.protocol. Raises ResultTooLarge
+    (and writes nothing) when the kubelet would not keep it whole: 4 KiB, less in pods with more
+    than three containers (the operator passes the limit as APWA_RESULT_LIMIT)."""
+    data = encode_result(value, int(os.environ.get("APWA_RESULT_LIMIT", MAX_RESULT_BYTES)))
     Path(os.environ.get("APWA_RESULT_PATH", DEFAULT_RESULT_PATH)).write_bytes(data)
 
 

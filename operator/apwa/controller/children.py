@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from apwa.results import message_budget
+
 
 @dataclass
 class JobState:
@@ -46,6 +48,7 @@ class PodResult:
     exit_code: int | None
     reason: str
     message: str
+    budget: int | None = None  # bytes of a termination message the kubelet keeps in this pod
 
     @classmethod
     def from_body(cls, pod: dict[str, Any]) -> PodResult | None:
@@ -53,13 +56,15 @@ class PodResult:
         phase = status.get("phase", "")
         if phase not in ("Succeeded", "Failed"):
             return None
-        containers = (pod.get("spec") or {}).get("containers") or [{}]
+        spec = pod.get("spec") or {}
+        containers = spec.get("containers") or [{}]
         main = containers[0].get("name")
+        budget = message_budget(spec)
         for cs in status.get("containerStatuses") or []:
             if cs.get("name") == main:
                 term = (cs.get("state") or {}).get("terminated") or {}
-                return cls(phase, term.get("exitCode"), term.get("reason") or "", term.get("message") or "")
-        return cls(phase, None, status.get("reason") or "", status.get("message") or "")
+                return cls(phase, term.get("exitCode"), term.get("reason") or "", term.get("message") or "", budget)
+        return cls(phase, None, status.get("reason") or "", status.get("message") or "", budget)
 
 
 def _epoch(ts: str | None) -> float | None:

@@ -35,7 +35,7 @@ from apwa.rendering import (
     render_network_policy,
     render_reduce_job,
 )
-from apwa.results import Aggregate, SubtaskOutcome, decode_result
+from apwa.results import Aggregate, ResultTruncated, SubtaskOutcome, decode_result
 from apwa.status import FINISHED, build, now_iso
 
 log = logging.getLogger("apwa.workload")
@@ -497,7 +497,11 @@ class WorkloadRunner:
             return "Reducing", "Reducing", f"{base}; collecting the reduce result", None, None
         if self.reduce_job.succeeded:
             assert self.reduce_pod is not None
-            return "Succeeded", "Reduced", base, decode_result(self.reduce_pod.message), now_iso()
+            try:
+                result = decode_result(self.reduce_pod.message, self.reduce_pod.budget)
+            except ResultTruncated as e:
+                return "Failed", "ResultTruncated", f"the reduce step's {e}", None, now_iso()
+            return "Succeeded", "Reduced", base, result, now_iso()
         detail = self.reduce_pod.message.strip() if self.reduce_pod else self.reduce_job.message
         return "Failed", "ReduceFailed", f"the reduce step failed: {detail}", None, now_iso()
 
@@ -627,7 +631,11 @@ def _raise_create_error(err: BaseException) -> None:
 
 def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutcome:
     if job.succeeded:
-        return SubtaskOutcome(index, True, result=decode_result(pod.message) if pod else None, job=job.name)
+        try:
+            result = decode_result(pod.message, pod.budget) if pod else None
+        except ResultTruncated as e:  # never a success without its whole result
+            return SubtaskOutcome(index, False, reason="ResultTruncated", message=str(e), job=job.name)
+        return SubtaskOutcome(index, True, result=result, job=job.name)
     message = (pod.message.strip() if pod and pod.message.strip() else "") or job.message
     return SubtaskOutcome(
         index,

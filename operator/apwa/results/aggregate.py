@@ -12,6 +12,11 @@ MESSAGE_CAP = 512
 SUMMARY_CAP_BYTES = 2048
 
 
+def tail(message: str, cap: int = MESSAGE_CAP) -> str:
+    """The end of a long message: a failure's log tail ends with the error that matters."""
+    return message if len(message) <= cap else "..." + message[-(cap - 3) :]
+
+
 @dataclass(frozen=True, slots=True)
 class SubtaskOutcome:
     index: int
@@ -57,7 +62,7 @@ class Aggregate:
         out = []
         for i in self._failed_indices[:cap]:
             o = self.outcomes[i]
-            entry: dict[str, Any] = {"index": i, "reason": o.reason or "Failed", "message": o.message[:MESSAGE_CAP]}
+            entry: dict[str, Any] = {"index": i, "reason": o.reason or "Failed", "message": tail(o.message)}
             if o.job:
                 entry["job"] = o.job
             if o.exit_code is not None:

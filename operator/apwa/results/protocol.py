@@ -1,8 +1,17 @@
-"""A subtask reports one JSON value through its container's termination message.
+"""A subtask reports its result through its container's termination message, as an envelope.
 
-Kubernetes keeps at most 4096 bytes of a termination message, so a result is encoded as compact
-JSON and refused (never silently cut) past that. Larger outputs belong in the worker's own store,
-with a reference to them as the result.
+The envelope is one small, versioned JSON object:
+
+    {"apwa": 1, "len": 11, "value": {"lines": 42}}
+
+`value` is the result (any JSON value) and `len` the byte length of its compact JSON encoding, so
+a message the kubelet cut is detected rather than taken for a result. The kubelet keeps the
+*last* 4096 bytes of a container's termination file, and then cuts every container's message of a
+pod to 12 KiB divided by the number of containers (init and ephemeral ones included), keeping the
+*first* bytes: either cut breaks the envelope. Later features add keys (a reference to a stored
+object, usage figures, a "final" mark); readers ignore keys they do not know. A bare JSON value
+(anything that is not an envelope) still works as a result: it is what older workers write.
+docs/results.md describes the protocol for worker authors.
 """
 
 from __future__ import annotations
@@ -10,31 +19,84 @@ from __future__ import annotations
 import json
 from typing import Any
 
-MAX_RESULT_BYTES = 4096
+MAX_RESULT_BYTES = 4096  # the kubelet's limit for one container's termination message
+MAX_POD_MESSAGE_BYTES = 12 * 1024  # shared by all containers of a pod
+ENVELOPE_VERSION = 1
+ENVELOPE_KEY = "apwa"
+_ENVELOPE_PREFIX = '{"' + ENVELOPE_KEY + '":'
 
 
 class ResultTooLarge(ValueError):
     pass
 
 
-def encode_result(value: Any) -> bytes:
-    data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(data) > MAX_RESULT_BYTES:
+class ResultTruncated(ValueError):
+    """The termination message was cut by the kubelet: the result is lost, not partial."""
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_result(value: Any, limit: int = MAX_RESULT_BYTES) -> bytes:
+    """The envelope for `value`; ResultTooLarge (nothing written) when it would not fit `limit`."""
+    body = _compact(value)
+    data = f'{_ENVELOPE_PREFIX}{ENVELOPE_VERSION},"len":{len(body.encode())},"value":{body}}}'.encode()
+    if len(data) > limit:
         raise ResultTooLarge(
-            f"result is {len(data)} bytes; a termination message holds at most {MAX_RESULT_BYTES}. "
+            f"result is {len(data)} bytes; a termination message holds at most {limit} (envelope included). "
             "Store large outputs elsewhere and return a reference to them."
         )
     return data
 
 
-def decode_result(message: str | None) -> Any:
-    """The result a finished container reported. Text that is not JSON is kept as a string."""
+def message_budget(pod_spec: dict[str, Any] | None) -> int:
+    """How many bytes of one container's termination message the kubelet keeps in this pod."""
+    spec = pod_spec or {}
+    n = sum(len(spec.get(k) or []) for k in ("containers", "initContainers", "ephemeralContainers"))
+    return min(MAX_RESULT_BYTES, MAX_POD_MESSAGE_BYTES // max(n, 1))
+
+
+def decode_result(message: str | None, budget: int | None = None) -> Any:
+    """The result a finished container reported. Text that is not JSON is kept as a string.
+
+    Raises ResultTruncated for a cut envelope, and for text of exactly the kubelet's `budget` that
+    is not JSON (a bare value cut at the limit). `budget=None`: nothing could have cut it.
+    """
     if message is None:
         return None
     text = message.strip()
     if not text:
         return None
     try:
-        return json.loads(text)
+        decoded = json.loads(text)
     except json.JSONDecodeError:
+        if text.startswith(_ENVELOPE_PREFIX):
+            raise ResultTruncated(_truncated(message, budget)) from None
+        if budget is not None and len(message.encode()) >= budget:
+            raise ResultTruncated(_truncated(message, budget)) from None
         return text
+    if isinstance(decoded, dict) and ENVELOPE_KEY in decoded:
+        return _open_envelope(decoded, message, budget)
+    return decoded
+
+
+def _open_envelope(envelope: dict[str, Any], message: str, budget: int | None) -> Any:
+    version = envelope[ENVELOPE_KEY]
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"result envelope has an invalid version {version!r}")
+    value = envelope.get("value")
+    length = envelope.get("len")
+    if isinstance(length, int) and len(_compact(value).encode()) != length:
+        raise ResultTruncated(_truncated(message, budget))
+    return value
+
+
+def _truncated(message: str, budget: int | None) -> str:
+    size = len(message.encode())
+    limit = f"the kubelet keeps {budget} bytes per container in this pod" if budget else "it is incomplete"
+    return (
+        f"the result message ({size} bytes) was cut: {limit} "
+        f"({MAX_RESULT_BYTES} per container, {MAX_POD_MESSAGE_BYTES} per pod shared by all containers). "
+        "Keep results small (apwa.worker.emit refuses what does not fit) or store them elsewhere."
+    )
