@@ -1,0 +1,3 @@
+module apwa.dev/images/pause
+
+go 1.22
