@@ -14,6 +14,9 @@
 #   APWA_CLUSTER_NAME    cluster name (default apwa)
 #   APWA_CLUSTER_NODES   number of fake nodes (default 4), each with room for 5000 pods
 #   APWA_CLUSTER_TIMEOUT seconds to wait for the cluster to become ready (default 180)
+#   APWA_REAL_NODE=1     also start the real node (hack/realnode.sh: containerd, kubelet,
+#                        kube-proxy, CoreDNS, a NetworkPolicy engine; needs root)
+#   APWA_APISERVER_PORT  the API server's port (default 6443 for the cluster apwa)
 # Everything except the final export line goes to stderr. ~/.kube/config is never touched.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +27,15 @@ cache=${APWA_CACHE_DIR:-$HOME/.cache/apwa}
 name=${APWA_CLUSTER_NAME:-apwa}
 nodes=${APWA_CLUSTER_NODES:-4}
 timeout_s=${APWA_CLUSTER_TIMEOUT:-180}
+real_node=${APWA_REAL_NODE:-0}
+# The real node's own address (a dummy interface made by hack/realnode.sh): the kubernetes
+# Service's endpoint, and never the address of a kwok node.
+node_ip=${APWA_NODE_IP:-10.254.0.1}
+if [ "$name" = apwa ]; then
+  apiserver_port=${APWA_APISERVER_PORT:-6443}
+else # another cluster beside the default one gets its own fixed port, outside the NodePort range
+  apiserver_port=${APWA_APISERVER_PORT:-$((7000 + $(printf %s "$name" | cksum | cut -d' ' -f1) % 1000))}
+fi
 # Same formula as hack/testenv-build.sh (checked against its output in `up`).
 bin="$cache/testenv-k8s${KUBE_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}-kc${KUBECONFORM_VERSION}/bin"
 export KWOK_WORKDIR="$cache/kwok"
@@ -75,7 +87,35 @@ options:
   etcdBinary: $bin/etcd
   kwokControllerBinary: $bin/kwok
   quietPull: true
+  # Outside the NodePort range (30000-32767): a NetworkPolicy engine lets NodePort-range traffic
+  # to the host through, which would hide a pod reaching the API server (notes/real-node.md).
+  kubeApiserverPort: $apiserver_port
+  # Pods on the real node reach the API server through the kubernetes Service (10.0.0.1) and
+  # its endpoint (the node address): both must be in the serving certificate.
+  kubeApiserverCertSANs: ["10.0.0.1", "$node_ip"]
 componentsPatches:
+# The API server listens on every address (pods reach it on the real node's address, which the
+# kubernetes Service advertises) and dials kubelets by InternalIP with a client certificate (the
+# kubelet allows no anonymous access).
+- name: kube-apiserver
+  extraArgs:
+  - key: bind-address
+    value: 0.0.0.0
+  - key: advertise-address
+    value: "$node_ip"
+  - key: kubelet-preferred-address-types
+    value: InternalIP
+  - key: kubelet-client-certificate
+    value: $cdir/pki/admin.crt
+  - key: kubelet-client-key
+    value: $cdir/pki/admin.key
+# kwok fakes only its own nodes (annotated by kwokctl): the real node's pods are the kubelet's.
+- name: kwok-controller
+  extraArgs:
+  - key: manage-all-nodes
+    value: "false"
+  - key: manage-nodes-with-annotation-selector
+    value: kwok.x-k8s.io/node=fake
 # Raise the client rate limits of the controllers that create pods (job controller, garbage
 # collector) and bind them (scheduler; its default 50 QPS caps binding at ~50 pods/s).
 # Deliberately NOT --disable-qps-limits: that also turns off the API server's inflight limits
@@ -124,7 +164,14 @@ kwokctl_delete() {
   rm -f "$kc" "$kc.lock"
 }
 
+port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+port_owner() { ss -Hltnp "sport = :$1" 2>/dev/null | head -n 1 | sed 's/.*users:/users:/'; }
+
 cmd_down() {
+  # The real node first (it needs the API server to drain its pods); a no-op without one.
+  if [ "$name" = apwa ]; then
+    KUBECTL="$bin/kubectl" APWA_BIN="$bin" bash "$here/hack/realnode.sh" down || log "real node cleanup failed (continuing)"
+  fi
   if ! exists && [ ! -d "$cdir" ]; then
     log "cluster $name is not running"
     rm -f "$kc" "$gen_conf"
@@ -154,7 +201,7 @@ cmd_env() { export_line; }
 
 nodes_ready() {
   local n
-  n=$(kctl get nodes -o jsonpath='{range .items[*]}{range .status.conditions[?(@.type=="Ready")]}{.status}{"\n"}{end}{end}' | grep -c '^True$' || true)
+  n=$(kctl get nodes -l type=kwok -o jsonpath='{range .items[*]}{range .status.conditions[?(@.type=="Ready")]}{.status}{"\n"}{end}{end}' | grep -c '^True$' || true)
   [ "${n:-0}" -ge "$nodes" ]
 }
 
@@ -198,6 +245,7 @@ cmd_up() {
     fi
 
     if ! exists; then
+      port_free "$apiserver_port" || die "port $apiserver_port (the API server's) is taken by: $(port_owner "$apiserver_port"); free it or set APWA_APISERVER_PORT"
       log "creating cluster $name (workdir $KWOK_WORKDIR)"
       if ! "$bin/kwokctl" --name "$name" -c "$gen_conf" -c "$stages" create cluster \
           --runtime binary --kubeconfig "$kc" --wait "${timeout_s}s" >&2 9>&-; then
@@ -211,12 +259,13 @@ cmd_up() {
     wait_until "$timeout_s" "API server /readyz" kctl get --raw /readyz ||
       die "API server not ready (logs: $cdir/logs)"
     local have
-    have=$(kctl get nodes -o name | wc -l)
+    have=$(kctl get nodes -l type=kwok -o name | wc -l)
     if [ "$have" -lt "$nodes" ]; then
       log "scaling to $nodes fake nodes"
       "$bin/kwokctl" --name "$name" scale node --replicas "$nodes" \
         --param '.allocatable.pods=5000' --param '.allocatable.cpu="1k"' \
-        --param '.allocatable.memory="4Ti"' --param '.podCIDRs=["10.0.0.0/16"]' >&2 9>&-
+        --param '.allocatable.memory="4Ti"' --param '.podCIDRs=["10.128.0.0/16"]' \
+        --param '.nodeIPs=["10.253.0.1"]' >&2 9>&-
     fi
     wait_until "$timeout_s" "$nodes nodes Ready" nodes_ready ||
       die "nodes not Ready (logs: $cdir/logs/kwok-controller.log)"
@@ -225,7 +274,12 @@ cmd_up() {
     exec 9>&-
   fi
 
-  log "cluster $name ready in $((SECONDS - t0))s: $nodes nodes, kubeconfig $kc"
+  if [ "$real_node" = 1 ]; then
+    [ "$name" = apwa ] || die "the real node runs beside the default cluster only (APWA_CLUSTER_NAME=apwa)"
+    KUBECTL="$bin/kubectl" APWA_BIN="$bin" APWA_PKI="$cdir/pki" APWA_NODE_IP="$node_ip" \
+      bash "$here/hack/realnode.sh" up 9>&- || die "the real node did not come up (see above)"
+  fi
+  log "cluster $name ready in $((SECONDS - t0))s: $nodes fake nodes$([ "$real_node" = 1 ] && echo " + real node apwa-real-0"), kubeconfig $kc"
   log "component logs: $cdir/logs"
   export_line
 }

@@ -1,2 +1,40 @@
 """Shared by every test directory. Its presence puts tests/ on sys.path (pytest's prepend import
-mode adds a rootless conftest's directory), so test modules share helpers such as scripted_server."""
+mode adds a rootless conftest's directory), so test modules share helpers such as scripted_server
+and real_node.
+
+Session fixtures for the real-pod tiers (tests/e2e, tests/isolation) live here so both share one
+real node and one in-cluster operator:
+* ``real_node``: `APWA_REAL_NODE=1 hack/cluster.sh up` (control plane + real node + images); points
+  KUBECONFIG and PATH at it. With APWA_CLUSTER_STOP=1 the cluster is deleted at the end.
+* ``incluster_operator``: the Helm chart installed with the locally built operator image, running
+  on the real node, handling the namespaces that start with ``real_node.E2E_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from real_node import E2E_PREFIX, OPERATOR_NS, RELEASE, ROOT, RealNode, bring_up, helm_install
+
+
+@pytest.fixture(scope="session")
+def real_node() -> Iterator[RealNode]:
+    try:
+        node = bring_up()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    os.environ["KUBECONFIG"] = node.kubeconfig
+    os.environ["PATH"] = node.bin_dir + os.pathsep + os.environ.get("PATH", "")
+    yield node
+    if os.environ.get("APWA_CLUSTER_STOP") == "1":
+        subprocess.run(["bash", str(ROOT / "hack" / "cluster.sh"), "down"], check=False, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def incluster_operator(real_node: RealNode) -> RealNode:
+    helm_install(real_node, namespaces=f"{E2E_PREFIX}*")
+    real_node.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=300s", timeout=320)
+    return real_node
