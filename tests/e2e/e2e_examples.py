@@ -33,9 +33,7 @@ def needs_a_model(example: Path) -> bool:
 EXAMPLES = [p for p in sorted((ROOT / "examples").glob("*.yaml")) if not needs_a_model(p)]
 
 
-def with_image(
-    doc: dict[str, Any], image: str, place: Callable[[dict[str, Any]], Any] | None = None
-) -> dict[str, Any]:
+def with_image(doc: dict[str, Any], image: str, place: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
     """The example with every subtask/reduce container on the worker image (python:3.11-slim has
     no apwa package and runs as root, which the subtasks' runAsNonRoot refuses), never pulled,
     and its pods placed by `place` (the real node's selector and toleration)."""
@@ -56,7 +54,8 @@ def example_docs(example: Path, image: str, place: Callable[[dict[str, Any]], An
 
 
 def workload_name(example: Path) -> str:
-    return next(d["metadata"]["name"] for d in yaml.safe_load_all(example.read_text()) if d and d["kind"] == "ParallelWorkload")
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    return next(d["metadata"]["name"] for d in docs if d["kind"] == "ParallelWorkload")
 
 
 def wait_finished(get: Callable[[], dict[str, Any]], what: str, timeout: float = WORKLOAD_TIMEOUT) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def test_example_runs_on_real_pods(
     node = incluster_operator
     node.kubectl("-n", example_ns, "apply", "-f", "-", stdin=example_docs(example, node.images["worker"], node.place))
     name = workload_name(example)
-    status = wait_finished(lambda: node.get("-n", example_ns, "parallelworkload", name), f"{example_ns}/{name}")["status"]
+    workload = wait_finished(lambda: node.get("-n", example_ns, "parallelworkload", name), f"{example_ns}/{name}")
+    status = workload["status"]
     assert status["phase"] == "Succeeded", status
     assert status["counts"]["failed"] == 0 and status["counts"]["succeeded"] == status["counts"]["total"]
     pods = node.get("-n", example_ns, "pods")["items"]
