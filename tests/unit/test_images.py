@@ -218,3 +218,67 @@ def test_ignore_matching_is_not_vacuous() -> None:
     assert not ignored("operator/apwa/cli.py", ["**/__pycache__", ".git"])
     assert ignored("build/lib", ["build"]) and not ignored("rebuild", ["build"])
     assert fnmatch.fnmatch("x.pyc", "*.py[cod]") and ignored("a/x.pyc", ["**/*.py[cod]"])
+
+
+LOCK = ROOT / "images" / "requirements.lock"
+
+
+def test_lock_pins_every_dependency_of_the_package_exactly() -> None:
+    """images/requirements.lock: name==version lines, one per package, meeting pyproject's specifiers."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in LOCK.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s;]*)", line.strip())
+        assert m, f"requirements.lock: not an exact pin: {line!r}"
+        name = canonicalize_name(m.group(1))
+        assert name not in pins, f"requirements.lock: {name} twice"
+        pins[name] = m.group(2)
+    assert "apwa" not in pins and "pip" not in pins and "setuptools" not in pins
+    for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is a dependency but not in images/requirements.lock"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} does not meet {spec}"
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_dockerfile_installs_the_locked_versions(image: str) -> None:
+    # The same lock as hack/images.sh installs, so both builds give the same versions.
+    build = parse(IMAGES[image])[0]
+    copied = [src for args in build.all("COPY") for src in copy_sources(args)[0]]
+    assert "images/requirements.lock" in copied
+    (run,) = [r for r in build.all("RUN") if "pip" in r]
+    assert re.search(r"install .*-r requirements\.lock \.$", run), run
+
+
+def test_local_image_refs_are_content_addressed() -> None:
+    """`hack/images.sh refs` names the four images without building anything."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "hack" / "images.sh"), "refs"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split() for line in proc.stdout.splitlines()]
+    assert [w[0] for w in lines] == ["pause", "worker", "operator", "coredns"]
+    version = re.search(r"github\.com/coredns/coredns (v\S+)", (ROOT / "testenv/go/coredns/go.mod").read_text())
+    patterns = {
+        "pause": r"apwa\.local/pause:[0-9a-f]{12}",
+        "worker": r"apwa\.local/apwa-worker:[0-9a-f]{12}",
+        "operator": r"apwa\.local/apwa-operator:[0-9a-f]{12}",
+        "coredns": rf"apwa\.local/coredns:{re.escape(version.group(1))}-[0-9a-f]{{12}}",
+    }
+    for name, ref, archive in lines:
+        assert re.fullmatch(patterns[name], ref), ref
+        assert archive.endswith(f"/images/{ref.split('/')[1].replace(':', '-')}.oci.tar"), archive
+    bad = subprocess.run(["bash", str(ROOT / "hack" / "images.sh"), "build", "nginx"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_coredns_listens_on_an_unprivileged_port() -> None:
+    # The image runs CoreDNS as uid 65532 without NET_BIND_SERVICE; the Service maps 53 -> 1053.
+    corefile = (ROOT / "testenv" / "go" / "coredns" / "Corefile").read_text()
+    ports = re.findall(r"(?m)^\S*:(\d+)\s*\{", corefile)
+    assert ports and all(int(p) >= 1024 for p in ports), ports
