@@ -464,8 +464,11 @@ def need_root(what: str) -> None:
 
 
 def ensure_tool(binary: str, package: str) -> None:
-    if shutil.which(binary):
-        return
+    if not shutil.which(binary):
+        apt_install(package)
+
+
+def apt_install(package: str) -> None:
     need_root(f"installing {package}")
     log(f"installing {package} with apt-get")
     run("apt-get", ["apt-get", "update", "-q"])
@@ -593,6 +596,8 @@ def venv_layer() -> Layer:
                 shutil.copy2(p, dest)
         log(f"building the apwa wheel and fetching the locked wheels (log: {LOGS / 'wheels.log'})")
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+        if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
+            apt_install("python3-pip")  # Debian's python3 comes without pip
         run("wheels", [*pip, "wheel", "--no-deps", "-w", str(wheels), str(ctx)])
         plat = [f"--platform={t}" for t in wheel_platforms()]
         run(
@@ -869,7 +874,51 @@ def cmd_build(names: list[str]) -> list[Image]:
                 log(f"{img.name}: building {img.ref}")
                 build_image(img)
             print_line(img)
+        collect_garbage()
     return imgs
+
+
+def archive_digests(archive: Path) -> set[str]:
+    """The blobs an archive holds (index -> manifest -> config and layers)."""
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))
+        out = set()
+        for desc in index["manifests"]:
+            manifest = json.load(tar.extractfile(f"blobs/sha256/{desc['digest'][7:]}"))
+            out |= {desc["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+    return out
+
+
+def collect_garbage() -> None:
+    """Drops what no current image uses: older archives, their blobs and layers, other Debian roots.
+
+    "Current" is the tag each of the four images has now, built or not, so building one image
+    never removes another's archive; an older archive is rebuilt from the cache if its inputs return.
+    """
+    try:
+        current = {image(n).archive for n in NAMES}
+    except Failed:
+        return  # e.g. no Go here: then nothing can tell what is current, so keep everything
+    keep: set[str] = set()
+    for archive in IMAGES.glob("*.oci.tar"):
+        if archive in current:
+            keep |= archive_digests(archive)
+        else:
+            log(f"removing the outdated {archive.name}")
+            archive.unlink()
+    for meta in (IMAGES / "layers").glob("*.json"):
+        digest = json.loads(meta.read_text())["digest"]
+        if digest not in keep and not meta.name.startswith(f"venv-{venv_key()}"):
+            meta.unlink()
+        else:
+            keep.add(digest)
+    for blob in BLOBS.glob("*"):
+        if f"sha256:{blob.name}" not in keep:
+            blob.unlink()
+    for old in IMAGES.glob(f"base-{SUITE}-*"):
+        if old.name != f"base-{SUITE}-{base_key()}":
+            log(f"removing the outdated Debian root {old.name}")
+            remove_tree(old)
 
 
 def cmd_import(sock: str, names: list[str]) -> None:
