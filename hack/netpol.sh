@@ -13,7 +13,7 @@
 # reported for it. It is used here only as a test-local engine bound to this machine (a node
 # whose pods and API server all live on this host); never ship or expose it.
 #
-# Environment: KUBECONFIG (admin kubeconfig of the local cluster), APWA_NODE_NAME (apwa-real-0),
+# Environment: KUBECONFIG (admin kubeconfig of the local cluster), KUBECTL (kubectl), APWA_NODE_NAME (apwa-real-0),
 # APWA_SERVICE_CIDR (10.0.0.0/24), APWA_REALNODE_DIR (pid and log; ~/.cache/apwa/realnode),
 # APWA_CACHE_DIR (binaries; ~/.cache/apwa), APWA_NETPOL_HEALTH_PORT (20244).
 set -euo pipefail
@@ -59,7 +59,7 @@ start() {
   # It needs the node's podCIDR (a self-registered kubelet node has none unless the cluster
   # script patched it) and selects local pods by status.hostIP == the node's InternalIP.
   local cidr
-  cidr=$(kubectl get node "$node" -o 'jsonpath={.spec.podCIDR}')
+  cidr=$("${KUBECTL:-kubectl}" get node "$node" -o 'jsonpath={.spec.podCIDR}')
   [ -n "$cidr" ] || { log "node $node has no spec.podCIDR; kube-router needs it"; return 1; }
   setsid "$bin" --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
     --kubeconfig="$KUBECONFIG" --hostname-override="$node" --service-cluster-ip-range="$service_cidr" \
