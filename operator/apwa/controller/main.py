@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 
 import kopf
 
@@ -36,6 +37,9 @@ def run_operator(args: argparse.Namespace) -> int:
                 namespaces=namespaces,
                 standalone=peering is None,
                 peering_name=peering,
+                # kopf would derive it from the user name, and a numeric uid without a passwd
+                # entry (the images run as 65532) has none: getpwuid() raises and the pod crashes.
+                identity=f"apwa@{socket.gethostname()}/{os.getpid()}",
             )
         )
     except KeyboardInterrupt:
