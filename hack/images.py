@@ -490,6 +490,14 @@ def base_root() -> Path:
     main, security = debian_mirrors()
     remove_tree(d)
     d.mkdir(parents=True)
+    try:
+        _debootstrap(d, root, main, security)
+    finally:
+        _unmount_under(root)  # debootstrap mounts proc and sys in the root; an interrupted run leaves them
+    return root
+
+
+def _debootstrap(d: Path, root: Path, main: str, security: str | None) -> None:
     t0 = time.monotonic()
     log(f"debootstrap {SUITE} from {main} into {root} (about a minute; log: {LOGS / 'debootstrap.log'})")
     run(
@@ -512,7 +520,6 @@ def base_root() -> Path:
     _unmount_under(root)
     (d / "done").write_text(f"{time.time():.0f}\n")
     log(f"debian root ready in {time.monotonic() - t0:.0f}s")
-    return root
 
 
 # What the final images leave out of the Debian root (paths relative to /, fnmatch-like regexes).

@@ -66,8 +66,16 @@ class LocalImage:
         return path.strip("/") in self.files
 
 
+PYCS = {
+    # A stdlib module from Debian (timestamp .pyc) and a module of the venv (hash-checked .pyc).
+    "usr/lib/python3.11/__pycache__/os.cpython-311.pyc": "usr/lib/python3.11/os.py",
+    "usr/lib/python3.11/json/__pycache__/decoder.cpython-311.pyc": "usr/lib/python3.11/json/decoder.py",
+    f"{SITE}/apwa/__pycache__/cli.cpython-311.pyc": f"{SITE}/apwa/cli.py",
+}
+
+
 def keep_data(name: str) -> bool:
-    return name.startswith(("src/", "opt/apwa/bin/", "etc/coredns/")) or name == "opt/apwa/pyvenv.cfg"
+    return name.startswith(("src/", "opt/apwa/bin/", "etc/coredns/")) or name == "opt/apwa/pyvenv.cfg" or name in PYCS
 
 
 def read_archive(name: str, ref: str, archive: Path) -> LocalImage:
@@ -220,6 +228,22 @@ def test_the_venv_is_root_owned_and_read_only_for_the_user(built, name: str) -> 
     assert img.files["tmp"].isdir() and img.files["tmp"].mode & 0o1777 == 0o1777
 
 
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_compiled_python_stays_valid_in_the_image(built, name: str) -> None:
+    """With PYTHONDONTWRITEBYTECODE and a read-only root nothing is ever recompiled to disk: a .pyc
+    that does not match its source would make every start compile the stdlib and the dependencies."""
+    img = local(built, name)
+    for pyc, source in PYCS.items():
+        header = img.data[pyc][:16]
+        flags = int.from_bytes(header[4:8], "little")
+        if source.startswith("usr/"):
+            # Debian's timestamp .pyc: the layer keeps the .py's mtime as dpkg set it.
+            assert flags == 0 and int.from_bytes(header[8:12], "little") == img.files[source].mtime, pyc
+        else:
+            # pip compiled with SOURCE_DATE_EPOCH: checked hashes, independent of mtimes.
+            assert flags == 0b11, (pyc, flags)
+
+
 def test_worker_src_is_the_repository_minus_dockerignore(built) -> None:
     img = local(built, "worker")
     patterns = dockerignore()
@@ -279,6 +303,17 @@ def test_a_second_build_is_a_no_op(built) -> None:
     assert "building" not in proc.stderr, proc.stderr
     refs = subprocess.run(["bash", str(SCRIPT), "refs"], capture_output=True, text=True, timeout=60, check=True)
     assert refs.stdout == proc.stdout
+
+
+def test_a_failed_step_names_itself_and_its_log(tmp_path: Path) -> None:
+    env = {**os.environ, "APWA_CACHE_DIR": str(tmp_path), "APWA_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "build", "operator"], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    assert "FAILED: debootstrap:" in proc.stderr, proc.stderr
+    assert f"log: {tmp_path}/images/logs/debootstrap.log" in proc.stderr, proc.stderr
+    assert not [m for m in Path("/proc/self/mounts").read_text().splitlines() if str(tmp_path) in m]
 
 
 def test_layers_are_reproducible(tmp_path: Path) -> None:
