@@ -328,3 +328,44 @@ def test_layers_are_reproducible(tmp_path: Path) -> None:
         (line,) = proc.stdout.splitlines()
         digests.append(hashlib.sha256(Path(line.split()[2]).read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_the_images_run(built, tmp_path: Path) -> None:
+    """The worker image's root, unpacked, runs its CMD as uid 65532 (chroot, no container runtime
+    needed): wordcount counts the image's /src. The operator shares its first two layers (the
+    Debian root and the venv), so its ENTRYPOINT is run there too."""
+    from apwa.results.protocol import decode_result
+
+    worker, operator = local(built, "worker"), local(built, "operator")
+    assert operator.config["rootfs"]["diff_ids"] == worker.config["rootfs"]["diff_ids"][:2]
+    root = tmp_path / "root"
+    with tarfile.open(worker.archive) as outer:
+        index = json.load(outer.extractfile("index.json"))
+        manifest = json.load(outer.extractfile(f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
+        for layer in manifest["layers"]:
+            blob = outer.extractfile(f"blobs/sha256/{layer['digest'][7:]}")
+            with gzip.GzipFile(fileobj=blob) as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                tar.extractall(root, numeric_owner=True, filter="fully_trusted")  # our own image
+    (root / "tmp/out").mkdir()
+    os.chown(root / "tmp/out", 65532, 65532)
+
+    def run_as_user(cfg: dict, argv: list[str], extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        env = [*cfg["Env"], *(f"{k}={v}" for k, v in extra.items())]
+        cmd = ["chroot", "--userspec=65532:65532", str(root), "/usr/bin/env", "-i", "-C", cfg.get("WorkingDir") or "/"]
+        return subprocess.run([*cmd, *env, *argv], capture_output=True, text=True, timeout=120, check=False)
+
+    cfg = worker.config["config"]
+    extra = {"APWA_ITEM": '{"shard": 0, "count": 1}', "APWA_RESULT_PATH": "/tmp/out/result"}
+    proc = run_as_user(cfg, (cfg.get("Entrypoint") or []) + cfg["Cmd"], extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = decode_result((root / "tmp/out/result").read_text())
+    files = [p for p, m in worker.files.items() if p.startswith("src/") and m.isreg()]
+    visible = [p for p in files if not any(part.startswith(".") for part in p.split("/")[1:-1])]
+    assert result["files"] == len(visible) and result["words"] > 10_000, result
+
+    cfg = operator.config["config"]
+    proc = run_as_user(cfg, [*cfg["Entrypoint"], "--help"], {})
+    assert proc.returncode == 0 and "--metrics-port" in proc.stdout, proc.stderr[-3000:]
+    # Nothing in the image is writable by the user outside /tmp (readOnlyRootFilesystem aside).
+    proc = run_as_user(cfg, ["sh", "-c", "touch /opt/apwa/x || touch /src/x || touch /usr/x || echo denied"], {})
+    assert proc.stdout.strip() == "denied", proc.stdout + proc.stderr
