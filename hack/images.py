@@ -214,13 +214,21 @@ class Layer:
         return {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": self.digest, "size": self.size}
 
 
-def write_layer(key: str, comment: str, entries: Callable[[], Iterator[Entry]]) -> Layer:
-    """The layer cached under `key`, or built from entries (in the order given, which callers sort)."""
+def cached_layer(key: str) -> Layer | None:
     meta = IMAGES / "layers" / f"{key}.json"
     if meta.exists():
         layer = Layer(**json.loads(meta.read_text()))
         if (BLOBS / layer.digest.split(":")[1]).exists():
             return layer
+    return None
+
+
+def write_layer(key: str, comment: str, entries: Callable[[], Iterator[Entry]]) -> Layer:
+    """The layer cached under `key`, or built from entries (in the order given, which callers sort)."""
+    cached = cached_layer(key)
+    if cached:
+        return cached
+    meta = IMAGES / "layers" / f"{key}.json"
     BLOBS.mkdir(parents=True, exist_ok=True)
     meta.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=BLOBS, prefix=".layer-")
@@ -583,9 +591,9 @@ def wheel_platforms() -> list[str]:
 
 def venv_layer() -> Layer:
     key = venv_key()
-    meta = IMAGES / "layers" / f"venv-{key}.json"
-    if meta.exists() and (BLOBS / json.loads(meta.read_text())["digest"][7:]).exists():
-        return write_layer(f"venv-{key}", "", lambda: iter(()))
+    cached = cached_layer(f"venv-{key}")
+    if cached:
+        return cached
     root = base_root()
     work = IMAGES / "work" / f"venv-{key}"
     remove_tree(work)
