@@ -161,7 +161,17 @@ EOF
 EOF
 }
 
+shared_netns_dir() {
+  # What `ip netns` does on first use: /run/netns as a shared bind mount of itself. Made before
+  # containerd creates any sandbox namespace there, so later `ip netns` calls (tests, debugging)
+  # do not re-mount it over existing namespace mounts, which makes their removal fail with EBUSY.
+  mkdir -p /run/netns
+  mountpoint -q /run/netns || mount --bind /run/netns /run/netns
+  mount --make-shared /run/netns
+}
+
 start_containerd() {
+  shared_netns_dir
   start containerd containerd --config "$rn/containerd/config.toml"
   wait_until 60 "containerd to answer on $sock" ctr -a "$sock" version ||
     die "containerd did not start (log: $rn/logs/containerd.log)"
@@ -315,9 +325,13 @@ remove_network() {
   local ns
   ip link del "$bridge" 2>/dev/null || true
   ip link del "$node_dev" 2>/dev/null || true
-  # Network namespaces of our sandboxes that nothing uses any more.
-  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
-    [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && ip netns del "$ns" 2>/dev/null || true
+  # Network namespaces of our sandboxes that nothing uses any more (a namespace file can carry
+  # stacked mounts: unmount until it is a plain file).
+  for ns in /run/netns/cni-*; do
+    [ -e "$ns" ] || continue
+    [ -z "$(ip netns pids "$(basename "$ns")" 2>/dev/null)" ] || continue
+    while mountpoint -q "$ns" 2>/dev/null; do umount -l "$ns" 2>/dev/null || break; done
+    rm -f "$ns" 2>/dev/null || true
   done
   if [ -n "$bin" ] && [ -x "$bin/kube-proxy" ]; then
     "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
