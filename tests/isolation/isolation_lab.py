@@ -105,6 +105,7 @@ class Lab:
         self.namespace = namespace  # Pod Security restricted is enforced here
         self.loose_namespace = loose_namespace  # no enforcement: for the unrestricted control pod
         self.workloads: dict[str, Workload] = {}
+        self.operated: dict[str, Workload] = {}  # ParallelWorkloads run by the operator (their own policies)
         self.bystander = ""
         self.ips: dict[str, str] = {}
         self.facts = cluster_facts()
@@ -151,7 +152,7 @@ class Lab:
     def wait_running_bystander(self) -> None:
         """The bystander first: the Custom workload's egress rule names its address."""
         self.ips[self.bystander] = wait_for(
-            lambda: self._pod_ip(self.namespace, self.bystander), POD_READY_S, "the bystander pod to run with an IP"
+            lambda: self.pod_ip(self.namespace, self.bystander), POD_READY_S, "the bystander pod to run with an IP"
         )
 
     def wait_running(self) -> None:
@@ -164,17 +165,21 @@ class Lab:
                     f"the pod of subtask {w.name}-{index} in {w.namespace} to run with an IP",
                 )
                 w.pods.append(pod)
-                self.ips[pod] = self._pod_ip(w.namespace, pod) or ""
+                self.ips[pod] = self.pod_ip(w.namespace, pod) or ""
 
     def _job_pod(self, w: Workload, index: int) -> str | None:
-        out = kubectl("get", "pods", "-n", w.namespace, "-l", f"job-name={w.name}-{index}", "-o", "json")
+        return self.running_pod(f"{w.name}-{index}", w.namespace)
+
+    def running_pod(self, job: str, namespace: str | None = None) -> str | None:
+        """The Running pod (with an IP) of a Job, if there is one."""
+        out = kubectl("get", "pods", "-n", namespace or self.namespace, "-l", f"job-name={job}", "-o", "json")
         for pod in json.loads(out)["items"]:
             if pod["status"].get("phase") == "Running" and pod["status"].get("podIP"):
                 return str(pod["metadata"]["name"])
         return None
 
     @staticmethod
-    def _pod_ip(namespace: str, pod: str) -> str | None:
+    def pod_ip(namespace: str, pod: str) -> str | None:
         out = json.loads(kubectl("get", "pod", "-n", namespace, pod, "-o", "json"))
         status = out["status"]
         return status.get("podIP") if status.get("phase") == "Running" else None
@@ -197,7 +202,7 @@ class Lab:
         if ref == "bystander":
             return self.namespace, self.bystander
         name, _, index = ref.partition("/")
-        w = self.workloads[name]
+        w = self.workloads.get(name) or self.operated[name]
         return w.namespace, w.pods[int(index)]
 
     def address(self, target: str) -> tuple[str, int]:

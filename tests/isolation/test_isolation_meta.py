@@ -21,10 +21,10 @@ def test_the_document_names_guarantees() -> None:
 
 
 def test_every_documented_guarantee_passed_with_a_control(outcomes: dict[tuple[str, str], list[str]]) -> None:
-    missing = {
-        iso: case
+    missing = [
+        f"{iso} {case}"
         for iso in documented_ids()
         for case in ("guarded", "control")
         if not outcomes.get((iso, case)) or any(o != "passed" for o in outcomes[(iso, case)])
-    }
-    assert missing == {}, f"guarantees without a passed case of that kind: {missing}; all outcomes: {outcomes}"
+    ]
+    assert missing == [], f"documented guarantees without a passed case of that kind in this run: {missing}"
