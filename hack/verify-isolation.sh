@@ -7,7 +7,9 @@
 # IMAGE: an image with python3 and a numeric non-root user (the apwa worker image). LABEL=VALUE:
 # run the probe pods only on nodes with these labels (they then tolerate every taint).
 # Needs kubectl and helm on PATH and the project's venv (make install). Creates two namespaces
-# apwa-iso-*, deletes them at the end.
+# apwa-iso-*, deletes them at the end. With APWA_ISOLATION_LOCAL_OPERATOR=1 it also applies crds/
+# and runs `apwa operator` from this checkout for the operator cases (not beside an operator that
+# is installed in the cluster); without it those cases are skipped.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 image=${1:?usage: $0 IMAGE [LABEL=VALUE[,...]] [pytest args...]}

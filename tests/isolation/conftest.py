@@ -132,9 +132,9 @@ def _namespace(name: str, labels: dict[str, str]) -> None:
 @pytest.fixture(scope="session")
 def lab(placement: Placement) -> Iterator[Lab]:
     strict, loose = unique("apwa-iso"), unique("apwa-iso-loose")
-    _namespace(strict, {**PSA_LABELS, "apwa.dev/test": "isolation"})
-    _namespace(loose, {"apwa.dev/test": "isolation"})
     try:
+        _namespace(strict, {**PSA_LABELS, "apwa.dev/test": "isolation"})
+        _namespace(loose, {"apwa.dev/test": "isolation"})
         lab = Lab(placement, strict, loose)
         lab.add_bystander()
         lab.wait_running_bystander()

@@ -10,6 +10,7 @@ when it starts the workload, so it stays deleted until the guarded case restores
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ def operator_policy(namespace: str, name: str) -> dict[str, Any] | None:
 @pytest.fixture(scope="module")
 def operated(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
     """The operator runs op-a and op-b; returns each workload's NetworkPolicy as the operator made it."""
+    if os.environ.get("APWA_ISOLATION_EXISTING") == "1" and os.environ.get("APWA_ISOLATION_LOCAL_OPERATOR") != "1":
+        pytest.skip(
+            "on an existing cluster this applies crds/ and runs `apwa operator` locally: opt in with "
+            "APWA_ISOLATION_LOCAL_OPERATOR=1 (not beside an operator already installed there)"
+        )
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl("wait", "--for=condition=Established", "crd/parallelworkloads.apwa.dev", "--timeout=60s")
     op = OperatorProcess(tmp_path_factory.mktemp("operator"), args=["--namespace", lab.namespace])
