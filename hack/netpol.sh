@@ -59,7 +59,8 @@ start() {
   # It needs the node's podCIDR (a self-registered kubelet node has none unless the cluster
   # script patched it) and selects local pods by status.hostIP == the node's InternalIP.
   local cidr
-  cidr=$("${KUBECTL:-kubectl}" get node "$node" -o 'jsonpath={.spec.podCIDR}')
+  cidr=$("${KUBECTL:-kubectl}" get node "$node" -o 'jsonpath={.spec.podCIDR}') ||
+    { log "cannot read node $node (KUBECONFIG=$KUBECONFIG)"; return 1; }
   [ -n "$cidr" ] || { log "node $node has no spec.podCIDR; kube-router needs it"; return 1; }
   setsid "$bin" --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
     --kubeconfig="$KUBECONFIG" --hostname-override="$node" --service-cluster-ip-range="$service_cidr" \
@@ -84,6 +85,7 @@ start() {
 stop_process() {
   local pid i
   pid=$(running_pid) || { rm -f "$pidfile"; return 0; }
+  log "stopping kube-router (pid $pid)"
   kill "$pid" 2>/dev/null || true
   for i in $(seq 1 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
   [ -d "/proc/$pid" ] && kill -9 "$pid" 2>/dev/null || true
@@ -91,7 +93,14 @@ stop_process() {
 }
 
 # kube-router leaves all of this behind on SIGTERM. Its chains exist in the filter table only.
+# Never while a kube-router runs (one started by another state dir): those rules are its own.
 cleanup_rules() {
+  local other
+  other=$(pgrep -f -- "kube-router .*--run-firewall=true" | head -n 1 || true)
+  if [ -n "$other" ]; then
+    log "a kube-router runs (pid $other, not from $pidfile): its rules and ipsets are left in place"
+    return 0
+  fi
   local ipt
   for ipt in iptables ip6tables; do
     command -v "$ipt" >/dev/null || continue
@@ -117,12 +126,13 @@ cleanup_rules() {
       ipset destroy "$s" 2>/dev/null || log "ipset $s is still in use; left in place"
     done
   fi
+  log "kube-router's chains, jump rules and ipsets removed"
 }
 
 stop() {
   stop_process
+  log "not running"
   cleanup_rules
-  log "stopped; rules and ipsets removed"
 }
 
 status() {
