@@ -35,6 +35,6 @@ def real_node() -> Iterator[RealNode]:
 
 @pytest.fixture(scope="session")
 def incluster_operator(real_node: RealNode) -> RealNode:
-    helm_install(real_node, namespaces=f"{E2E_PREFIX}*")
+    helm_install(real_node, namespaces=[f"{E2E_PREFIX}*"])
     real_node.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=300s", timeout=320)
     return real_node

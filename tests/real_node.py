@@ -95,9 +95,9 @@ def bring_up() -> RealNode:
     return node
 
 
-def helm_install(node: RealNode, *, namespaces: str | None) -> None:
+def helm_install(node: RealNode, *, namespaces: list[str] | None) -> None:
     """The chart, with the locally built operator image, on the real node. `namespaces`: the
-    APWA_NAMESPACES value (patterns allowed), or None for every namespace."""
+    chart's namespacePatterns, or None for every namespace."""
     repo, _, tag = node.images["operator"].rpartition(":")
     placement = [
         "--set-json",
@@ -105,11 +105,10 @@ def helm_install(node: RealNode, *, namespaces: str | None) -> None:
         "--set-json",
         f"tolerations={json.dumps([NODE_TOLERATION])}",
     ]
-    env_values = [{"name": "APWA_NAMESPACES", "value": namespaces}] if namespaces else []
     cmd = [f"{node.bin_dir}/helm", "upgrade", "--install", RELEASE, str(ROOT / "charts" / "apwa")]
     cmd += ["--namespace", OPERATOR_NS, "--create-namespace", "--kubeconfig", node.kubeconfig]
     cmd += ["--wait", "--timeout", "5m", "--set", f"image.repository={repo}", "--set", f"image.tag={tag}"]
-    cmd += ["--set", "image.pullPolicy=Never", "--set-json", f"operator.extraEnv={json.dumps(env_values)}"]
+    cmd += ["--set", "image.pullPolicy=Never", "--set-json", f"namespacePatterns={json.dumps(namespaces or [])}"]
     run(cmd + placement, timeout=600)
 
 
