@@ -42,6 +42,7 @@ class RealNode:
     kubeconfig: str
     bin_dir: str
     images: dict[str, str] = field(default_factory=dict)  # name (worker, operator, ...) -> image ref
+    archives: dict[str, Path] = field(default_factory=dict)  # name -> the OCI archive of that ref
 
     def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
         return run([f"{self.bin_dir}/kubectl", "--kubeconfig", self.kubeconfig, *args], stdin=stdin, timeout=timeout)
@@ -92,6 +93,7 @@ def bring_up() -> RealNode:
     words = dict(w.split("=", 1) for w in shlex.split(lines[-1])[1:])
     node = RealNode(kubeconfig=words["KUBECONFIG"], bin_dir=words["PATH"].removesuffix(":$PATH"))
     node.images = image_refs()
+    node.archives = image_archives()
     return node
 
 

@@ -20,7 +20,7 @@ from e2e_examples import (
     wait_for,
     workload_name,
 )
-from real_node import E2E_PREFIX, NODE_NAME, OPERATOR_NS, RELEASE, RealNode, image_archives
+from real_node import E2E_PREFIX, NODE_NAME, OPERATOR_NS, RELEASE, RealNode
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def test_example_runs_on_real_pods(
     env = None
     if example.name == "wordcount.yaml":
         # The image counts its own /src: count the same tree here.
-        env = {"WORDCOUNT_ROOT": str(extract_source_tree(image_archives()["worker"], tmp_path))}
+        env = {"WORDCOUNT_ROOT": str(extract_source_tree(node.archives["worker"], tmp_path))}
     assert status["result"] == local_result(example, env)
 
 

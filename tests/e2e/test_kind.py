@@ -25,28 +25,14 @@ from typing import Any
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from helpers import wait_for  # noqa: E402  (the shared polling helper lives with the integration tests)
+from e2e_examples import EXAMPLES, ROOT, example_docs, local_result, wait_finished, workload_name
 
 pytestmark = pytest.mark.e2e
 
 KIND_CONFIG = ROOT / "kind-config.yaml"
 
 
-def _needs_a_model(example: Path) -> bool:
-    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
-    return any(
-        "planner" in (d.get("spec") or {}).get("decomposition", {}) for d in docs if d["kind"] == "ParallelWorkload"
-    )
-
-
-# Every example except those planned by a model server, which a kind cluster here does not have
-# (tests/integration/test_planner.py covers planners against a local stand-in).
-EXAMPLES = [p for p in sorted((ROOT / "examples").glob("*.yaml")) if not _needs_a_model(p)]
 RELEASE, OPERATOR_NS = "apwa", "apwa-system"
-WORKLOAD_TIMEOUT = 600.0
 
 
 def run(cmd: list[str], *, stdin: str | None = None, timeout: float = 900, env: dict[str, str] | None = None) -> str:
@@ -144,37 +130,13 @@ def bring_up(name: str) -> Kind:
     return Kind(name, kubeconfig, helm, operator_image, worker_image, created)
 
 
-def with_image(doc: dict[str, Any], image: str) -> dict[str, Any]:
-    """The example with every subtask/reduce container on the worker image (python:3.11-slim has
-    no apwa package and runs as root, which the subtasks' runAsNonRoot refuses)."""
-    if doc.get("kind") == "ParallelWorkload":
-        for template in doc["spec"]["templates"].values():
-            spec = template["podTemplate"]["spec"]
-            for c in spec.get("containers", []) + spec.get("initContainers", []):
-                c["image"] = image
-                c["imagePullPolicy"] = "Never"
-    return doc
-
-
 def apply_example(kind: Kind, ns: str, example: Path) -> str:
-    docs = [with_image(d, kind.worker_image) for d in yaml.safe_load_all(example.read_text()) if d]
-    kind.kubectl("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
-    return next(d["metadata"]["name"] for d in docs if d["kind"] == "ParallelWorkload")
+    kind.kubectl("-n", ns, "apply", "-f", "-", stdin=example_docs(example, kind.worker_image))
+    return workload_name(example)
 
 
-def wait_finished(kind: Kind, ns: str, name: str) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
-        w = kind.workload(ns, name)
-        conds = {c["type"]: c["status"] for c in (w.get("status") or {}).get("conditions") or []}
-        return w if "True" in (conds.get("Complete"), conds.get("Failed")) else None
-
-    return wait_for(finished, WORKLOAD_TIMEOUT, f"{ns}/{name} Complete or Failed", max_interval=5)
-
-
-def local_result(example: Path) -> Any:
-    """The same example run by `apwa run --local`: the result the cluster must reproduce."""
-    out = run([str(Path(sys.executable).parent / "apwa"), "run", "--local", "-q", str(example)], timeout=600)
-    return yaml.safe_load(out)["status"]["result"]
+def wait_done(kind: Kind, ns: str, name: str) -> dict[str, Any]:
+    return wait_finished(lambda: kind.workload(ns, name), f"{ns}/{name}")
 
 
 # ---- pytest ------------------------------------------------------------------------------------
@@ -206,7 +168,7 @@ def example_ns(kind: Kind) -> Iterator[str]:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs_on_kind(kind: Kind, example_ns: str, example: Path) -> None:
     name = apply_example(kind, example_ns, example)
-    status = wait_finished(kind, example_ns, name)["status"]
+    status = wait_done(kind, example_ns, name)["status"]
     assert status["phase"] == "Succeeded", status
     assert status["counts"]["failed"] == 0 and status["counts"]["succeeded"] == status["counts"]["total"]
     if example.name == "wordcount.yaml":
@@ -242,7 +204,7 @@ def demo() -> int:
     example = ROOT / "examples" / "wordcount.yaml"
     name = apply_example(kind, "default", example)
     print(f"waiting for ParallelWorkload default/{name} (kubectl get pwl -w shows progress)...", flush=True)
-    status = wait_finished(kind, "default", name)["status"]
+    status = wait_done(kind, "default", name)["status"]
     print(yaml.safe_dump({"phase": status["phase"], "message": status["message"], "result": status.get("result")}))
     print(f"The cluster keeps running. Next:\n  export KUBECONFIG={kind.kubeconfig}\n  kubectl get pwl")
     print(f"  kind delete cluster --name {kind.name}    # when done")
