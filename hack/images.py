@@ -889,7 +889,8 @@ def cmd_build(names: list[str]) -> list[Image]:
                 log(f"{img.name}: building {img.ref}")
                 build_image(img)
             print_line(img)
-        collect_garbage()
+        # What this call built stays, even when the tree changed meanwhile (an edit during the build).
+        collect_garbage({img.archive for img in imgs})
     return imgs
 
 
@@ -904,14 +905,14 @@ def archive_digests(archive: Path) -> set[str]:
     return out
 
 
-def collect_garbage() -> None:
+def collect_garbage(protect: set[Path]) -> None:
     """Drops what no current image uses: older archives, their blobs and layers, other Debian roots.
 
     "Current" is the tag each of the four images has now, built or not, so building one image
     never removes another's archive; an older archive is rebuilt from the cache if its inputs return.
     """
     try:
-        current = {image(n).archive for n in NAMES}
+        current = {image(n).archive for n in NAMES} | protect
     except Failed:
         return  # e.g. no Go here: then nothing can tell what is current, so keep everything
     keep: set[str] = set()
