@@ -92,20 +92,22 @@ preflight() {
   grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || die "the kernel has no overlay filesystem (containerd's snapshotter needs it)"
   [ -d /sys/fs/cgroup/memory ] || [ -f /sys/fs/cgroup/cgroup.controllers ] || die "no cgroup memory controller under /sys/fs/cgroup"
   need_packages
-  # Ports of the node's own servers (kubelet, its healthz, kube-proxy metrics/healthz, kube-router
-  # health): taken by something else, the node would only time out later.
-  local port owner
-  if ! running kubelet; then
-    for port in 10250 10248 10249 10256 20244; do
-      owner=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 1)
-      [ -z "$owner" ] || die "port $port (needed by the real node) is taken: ${owner##* }"
-    done
-  fi
   # kube-proxy's Service rules must see traffic between pods on the same bridge.
   [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter 2>/dev/null ||
     die "br_netfilter is not available (kube-proxy needs bridge traffic to pass iptables)"
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 ||
     die "cannot set net.ipv4.ip_forward / bridge-nf-call-iptables"
+}
+
+check_ports() {
+  # Ports of the node's own servers (kubelet, its healthz, kube-proxy metrics/healthz, kube-router
+  # health): taken by something else, the node would only time out later.
+  local port owner
+  running kubelet && return 0
+  for port in 10250 10248 10249 10256 20244; do
+    owner=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 1)
+    [ -z "$owner" ] || die "port $port (needed by the real node) is taken: ${owner##* }"
+  done
 }
 
 # ---- network: the node's own address ------------------------------------------------------------
@@ -288,6 +290,7 @@ cmd_up() {
     log "found state of an earlier run that is not running: cleaning it up first"
     cmd_down_locked
   fi
+  check_ports
   node_address
   # Images first: containerd's config names the sandbox (pause) image.
   refs=$(images_before_containerd)
