@@ -1,9 +1,9 @@
 """Fixtures of the isolation tier: real pods on the real node, a NetworkPolicy engine enforcing.
 
-* ``real_cluster`` (session): ``APWA_REAL_NODE=1 hack/cluster.sh up`` (idempotent: reuses what
-  runs), then KUBECONFIG and PATH of this process point at it. With ``APWA_ISOLATION_EXISTING=1``
-  the current KUBECONFIG is used as it is instead (how ``hack/verify-isolation.sh`` runs these
-  tests on any cluster), with the image in ``APWA_ISOLATION_IMAGE``.
+* ``real_cluster`` (session): the shared ``real_node`` of tests/conftest.py (the control plane with
+  the real node, images built and imported). With ``APWA_ISOLATION_EXISTING=1`` the current
+  KUBECONFIG is used as it is instead (how ``hack/verify-isolation.sh`` runs these tests on any
+  cluster), with the image in ``APWA_ISOLATION_IMAGE``.
 * ``placement`` (session): the worker image (python3, uid 65532) and the real node's selector and
   toleration.
 * ``lab`` (session): two namespaces (one enforcing Pod Security ``restricted``), the subtask pods
@@ -18,8 +18,6 @@ docs/isolation.md has no passed case of each kind.
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +29,9 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))  # helpers.wait_for, sha
 
 from helpers import wait_for  # noqa: E402
 from isolation_lab import PSA_LABELS, Lab, Placement, apply, kubectl, unique  # noqa: E402
+from real_node import NODE_LABEL, NODE_TOLERATION, RealNode  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-UP_TIMEOUT_S = float(os.environ.get("APWA_CLUSTER_UP_TIMEOUT", "2400"))
-REAL_NODE_LABEL = "apwa.dev/real-node"
 OUTCOMES = pytest.StashKey[dict[tuple[str, str], list[str]]]()
 
 
@@ -64,62 +61,27 @@ def outcomes(request: pytest.FixtureRequest) -> dict[tuple[str, str], list[str]]
     return request.config.stash[OUTCOMES]
 
 
-def _cluster_up() -> None:
+@pytest.fixture(scope="session")
+def real_cluster(request: pytest.FixtureRequest) -> RealNode | None:
+    """The shared real node (tests/conftest.py), unless APWA_ISOLATION_EXISTING=1 names a cluster."""
     if os.environ.get("APWA_ISOLATION_EXISTING") == "1":
-        return
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the isolation tier needs root for the real node (containers, mounts, iptables)")
-        pytest.skip("the real node needs root (containers, mounts, iptables); CI runs this tier as root")
-    proc = subprocess.run(
-        ["bash", str(REPO / "hack" / "cluster.sh"), "up"],
-        cwd=REPO,
-        env={**os.environ, "APWA_REAL_NODE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=UP_TIMEOUT_S,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-40:])
-        pytest.fail(f"APWA_REAL_NODE=1 hack/cluster.sh up failed (exit {proc.returncode}):\n{tail}", pytrace=False)
-    words = shlex.split(lines[-1])
-    values = dict(w.split("=", 1) for w in words[1:])
-    os.environ["KUBECONFIG"] = values["KUBECONFIG"]
-    os.environ["PATH"] = values["PATH"].replace("$PATH", os.environ.get("PATH", ""))
+        return None
+    return request.getfixturevalue("real_node")
 
 
 @pytest.fixture(scope="session")
-def real_cluster() -> None:
-    _cluster_up()
-
-
-@pytest.fixture(scope="session")
-def placement(real_cluster: None) -> Placement:
-    if os.environ.get("APWA_ISOLATION_EXISTING") == "1":
+def placement(real_cluster: RealNode | None) -> Placement:
+    if real_cluster is None:
         selector = os.environ.get("APWA_ISOLATION_NODE_SELECTOR", "")
         return Placement(
             image=os.environ["APWA_ISOLATION_IMAGE"],
             node_selector=dict(kv.split("=", 1) for kv in selector.split(",") if kv),
             tolerations=[{"operator": "Exists"}] if selector else [],
         )
-    # The worker image's tag hashes the sources: build it if they changed, import it into the node.
-    cache = Path(os.environ.get("APWA_CACHE_DIR", Path.home() / ".cache" / "apwa"))
-    sock = cache / "realnode" / "containerd" / "containerd.sock"
-    images = subprocess.run(
-        ["bash", str(REPO / "hack" / "images.sh"), "import", str(sock), "worker"],
-        capture_output=True,
-        text=True,
-        timeout=UP_TIMEOUT_S,
-        check=False,
-    )
-    if images.returncode != 0:
-        pytest.fail(f"hack/images.sh import failed:\n{images.stderr[-3000:]}", pytrace=False)
     return Placement(
-        image=images.stdout.split()[1],
-        node_selector={REAL_NODE_LABEL: "true"},
-        tolerations=[{"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+        image=real_cluster.images["worker"],
+        node_selector=dict(NODE_LABEL),
+        tolerations=[dict(NODE_TOLERATION)],
     )
 
 
