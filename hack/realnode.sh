@@ -52,7 +52,8 @@ start() { # name, command...
   running "$name" && return 0
   mkdir -p "$rn/pids" "$rn/logs"
   log "starting $name (log: $rn/logs/$name.log)"
-  setsid "$@" >>"$rn/logs/$name.log" 2>&1 </dev/null 9>&- &
+  # No inherited lock descriptors (8: ours, 9: hack/cluster.sh's): a daemon would hold them forever.
+  setsid "$@" >>"$rn/logs/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$(pidfile "$name")"
 }
 
@@ -305,9 +306,10 @@ cmd_up() {
   start_kube_proxy
   apply_coredns "$(ref_of coredns <<<"$refs")"
   if [ -f "$here/hack/netpol.sh" ]; then
-    APWA_REALNODE_DIR=$rn APWA_NODE_NAME=$node APWA_SERVICE_CIDR=$service_cidr bash "$here/hack/netpol.sh" start ||
+    APWA_REALNODE_DIR=$rn APWA_NODE_NAME=$node APWA_SERVICE_CIDR=$service_cidr bash "$here/hack/netpol.sh" start 8>&- ||
       die "the NetworkPolicy engine did not start (see above)"
   fi
+  exec 8>&-
   log "real node $node Ready in $((SECONDS - t0))s (address $node_ip, pods $pod_cidr, logs $rn/logs)"
 }
 

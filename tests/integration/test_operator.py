@@ -118,7 +118,8 @@ def test_results_reduce(w: Workloads) -> None:
     assert data["results"] == [{"index": i, "result": {"sq": i}} for i in range(5)]
     reduce_job = w.batch.read_namespaced_job("red-reduce", w.ns)
     mounts = reduce_job.spec.template.spec.containers[0].volume_mounts
-    assert mounts[0].mount_path == "/apwa/results"
+    # The results mount, beside the writable /tmp of the read-only root file system.
+    assert {m.mount_path for m in mounts} == {"/apwa/results", "/tmp"}
 
 
 def test_failure_policy_stops_new_jobs(w: Workloads) -> None:
