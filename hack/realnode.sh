@@ -25,8 +25,13 @@ dns_ip=10.0.0.10                    # in the API server's default service range 
 service_cidr=10.0.0.0/24
 sock=$rn/containerd/containerd.sock
 timeout_s=${APWA_REALNODE_TIMEOUT:-180}
-bin=${APWA_BIN:-}
-kubectl_bin=${KUBECTL:-kubectl}
+if [ -z "${APWA_BIN:-}" ]; then # called directly: the bin dir of hack/testenv-build.sh
+  # shellcheck source=../testenv/versions.env
+  source "$here/testenv/versions.env"
+  APWA_BIN="$cache/testenv-k8s${KUBE_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}-kc${KUBECONFORM_VERSION}/bin"
+fi
+bin=$APWA_BIN
+kubectl_bin=${KUBECTL:-$bin/kubectl}
 export PATH=/usr/sbin:/sbin:$PATH
 
 log() { printf '[realnode] %s\n' "$*" >&2; }
@@ -336,21 +341,30 @@ kill_containers() {
 }
 
 remove_network() {
-  local ns
   ip link del "$bridge" 2>/dev/null || true
   ip link del "$node_dev" 2>/dev/null || true
-  # Network namespaces of our sandboxes that nothing uses any more (a namespace file can carry
-  # stacked mounts: unmount until it is a plain file).
+  remove_netns
+  # A namespace mounted under the /run/netns bind mount's own mount point is hidden by it (the
+  # EBUSY of notes/real-node.md): when /run/netns holds nothing but sandboxes' namespaces, drop
+  # the bind mount (`ip netns` and the next `up` make it again) and remove what it hid.
+  if [ -z "$(find /run/netns -mindepth 1 -maxdepth 1 ! -name 'cni-*' 2>/dev/null)" ]; then
+    while mountpoint -q /run/netns; do umount -l /run/netns 2>/dev/null || break; done
+    remove_netns
+  fi
+  if [ -n "$bin" ] && [ -x "$bin/kube-proxy" ]; then
+    "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  fi
+  sysctl -qw net.ipv4.conf.all.route_localnet=0 2>/dev/null || true
+}
+
+remove_netns() { # namespaces of our sandboxes that no process uses; stacked mounts unmounted first
+  local ns
   for ns in /run/netns/cni-*; do
     [ -e "$ns" ] || continue
     [ -z "$(ip netns pids "$(basename "$ns")" 2>/dev/null)" ] || continue
     while mountpoint -q "$ns" 2>/dev/null; do umount -l "$ns" 2>/dev/null || break; done
     rm -f "$ns" 2>/dev/null || true
   done
-  if [ -n "$bin" ] && [ -x "$bin/kube-proxy" ]; then
-    "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
-  fi
-  sysctl -qw net.ipv4.conf.all.route_localnet=0 2>/dev/null || true
 }
 
 unmount_state() { # deepest first; lazily, so a busy mount cannot block the cleanup
@@ -359,6 +373,20 @@ unmount_state() { # deepest first; lazily, so a busy mount cannot block the clea
     umount -l "$m" 2>/dev/null || true
   done
   if mountpoint -q "$rn/kubelet/root" 2>/dev/null; then umount -l "$rn/kubelet/root" || true; fi
+}
+
+kill_pod_processes() {
+  # Containers whose shim is gone (a killed session) live on in the kubelet's pod cgroups and in
+  # containerd's: only this node's containers are there on this machine.
+  local f p d
+  for f in $(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/pids/k8s.io -name cgroup.procs 2>/dev/null); do
+    for p in $(cat "$f" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  done
+  for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/k8s.io; do
+    [ -d "$d" ] || continue
+    wait_until 10 "processes of $d to exit" bash -c "! find '$d' -name cgroup.procs -exec cat {} + | grep -q ." || true
+    find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
 }
 
 kill_shims() { # shims of our containerd outlive it; they carry our socket path in their argv
@@ -376,21 +404,34 @@ cmd_down_locked() {
   kill_containers
   stop containerd
   kill_shims
+  kill_pod_processes
   unmount_state
   remove_network
   kctl delete node "$node" --wait=false >/dev/null 2>&1 || true
   rm -rf "$rn"
 }
 
+lock_holders() {
+  local p
+  for p in /proc/[0-9]*; do
+    ls -l "$p/fd" 2>/dev/null | grep -q "$cache/.realnode.lock" && echo "${p#/proc/}:$(cat "$p/comm" 2>/dev/null)"
+  done
+}
+
 cmd_down() {
-  if [ ! -d "$rn" ] && ! ip -o link show "$node_dev" >/dev/null 2>&1; then
+  if [ ! -d "$rn" ] && ! ip -o link show "$node_dev" >/dev/null 2>&1 && ! ip -o link show "$bridge" >/dev/null 2>&1 &&
+    [ ! -d /sys/fs/cgroup/pids/kubepods ]; then
     log "no real node"
     return 0
   fi
   [ "$(id -u)" = 0 ] || die "cleaning up the real node needs root"
   mkdir -p "$cache"
   exec 8>"$cache/.realnode.lock"
-  flock -w "$timeout_s" 8 || die "another 'hack/realnode.sh' holds $cache/.realnode.lock"
+  if ! flock -w 60 8; then
+    # A daemon of an older version of this script may still hold the lock it inherited; the
+    # cleanup below stops those too, so waiting longer would only delay it.
+    log "the lock $cache/.realnode.lock is held by: $(lock_holders | tr '\n' ' '); cleaning up anyway"
+  fi
   log "stopping the real node"
   cmd_down_locked
   log "real node stopped and cleaned up"
