@@ -21,7 +21,8 @@ NODE_LABEL = {"apwa.dev/real-node": "true"}
 NODE_TOLERATION = {"key": "apwa.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
 RELEASE, OPERATOR_NS = "apwa", "apwa-system"
 # The in-cluster operator of the test session handles only namespaces with this prefix, so the
-# integration tier's own operator and this one never share a workload.
+# integration tier's own operator and this one never share a workload (tests/e2e/e2e_examples.py
+# names its namespaces so).
 E2E_PREFIX = "apwa-e2e-"
 UP_TIMEOUT_S = float(os.environ.get("APWA_REAL_NODE_UP_TIMEOUT", "3000"))
 

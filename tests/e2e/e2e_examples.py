@@ -8,7 +8,9 @@ import json
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from helpers import wait_for  # noqa: E402  (the shared polling helper lives with the integration tests)
+from real_node import E2E_PREFIX  # noqa: E402  (the namespaces the e2e operators handle)
 
 WORKLOAD_TIMEOUT = 600.0
+
+
+@contextmanager
+def example_namespace(kubectl: Callable[..., Any], what: str = "") -> Iterator[str]:
+    """A fresh namespace for one example (deleted afterwards, without waiting)."""
+    ns = f"{E2E_PREFIX}{what}{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    try:
+        yield ns
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false")
 
 
 def needs_a_model(example: Path) -> bool:

@@ -5,7 +5,6 @@ equal to `apwa run --local` of the same file."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,25 +13,22 @@ import pytest
 from e2e_examples import (
     EXAMPLES,
     example_docs,
+    example_namespace,
     extract_source_tree,
     local_result,
     wait_finished,
     wait_for,
     workload_name,
 )
-from real_node import E2E_PREFIX, NODE_NAME, OPERATOR_NS, RELEASE, RealNode
+from real_node import NODE_NAME, OPERATOR_NS, RELEASE, RealNode
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def example_ns(incluster_operator: RealNode) -> Iterator[str]:
-    ns = f"{E2E_PREFIX}{uuid.uuid4().hex[:6]}"
-    incluster_operator.kubectl("create", "namespace", ns)
-    try:
+    with example_namespace(incluster_operator.kubectl) as ns:
         yield ns
-    finally:
-        incluster_operator.kubectl("delete", "namespace", ns, "--wait=false")
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)

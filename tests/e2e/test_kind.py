@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_examples import EXAMPLES, ROOT, example_docs, local_result, wait_finished, workload_name
+from e2e_examples import EXAMPLES, ROOT, example_docs, example_namespace, local_result, wait_finished, workload_name
 
 pytestmark = pytest.mark.e2e
 
@@ -157,12 +156,8 @@ def kind() -> Iterator[Kind]:
 
 @pytest.fixture
 def example_ns(kind: Kind) -> Iterator[str]:
-    ns = f"apwa-e2e-{uuid.uuid4().hex[:6]}"
-    kind.kubectl("create", "namespace", ns)
-    try:
+    with example_namespace(kind.kubectl) as ns:
         yield ns
-    finally:
-        kind.kubectl("delete", "namespace", ns, "--wait=false")
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)

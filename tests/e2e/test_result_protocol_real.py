@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from e2e_examples import wait_finished
-from real_node import E2E_PREFIX, RealNode
+from e2e_examples import example_namespace, wait_finished
+from real_node import RealNode
 
 pytestmark = pytest.mark.e2e
 
@@ -94,9 +93,7 @@ def _workload(name: str, image: str, place: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def outcomes(incluster_operator: RealNode) -> Iterator[dict[str, dict[str, Any]]]:
     node = incluster_operator
-    ns = f"{E2E_PREFIX}protocol-{uuid.uuid4().hex[:6]}"
-    node.kubectl("create", "namespace", ns)
-    try:
+    with example_namespace(node.kubectl, "protocol-") as ns:
         doc = _workload("protocol", node.images["worker"], node.place)
         node.kubectl("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump(doc))
         status = wait_finished(lambda: node.get("-n", ns, "parallelworkload", "protocol"), f"{ns}/protocol")["status"]
@@ -106,8 +103,6 @@ def outcomes(incluster_operator: RealNode) -> Iterator[dict[str, dict[str, Any]]
             [apwa, "results", "protocol", "-n", ns, "-o", "json"], capture_output=True, text=True, check=True
         ).stdout
         yield {CASES[row["index"]]: row for row in json.loads(out)}
-    finally:
-        node.kubectl("delete", "namespace", ns, "--wait=false")
 
 
 def test_a_result_of_exactly_4096_bytes_arrives_whole(outcomes: dict[str, dict[str, Any]]) -> None:
