@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from apwa.api.models import ParallelWorkload, ParallelWorkloadSpec, PlannerSpec
+from apwa.common.messages import no_key
 from apwa.planning.base import DEFAULT_MAX_SUBTASKS, PlanningError
 from apwa.planning.clients import FIELD, make_planner
 from apwa.planning.plan import plan
@@ -71,8 +72,7 @@ def offline_context(p: PlannerSpec, config_maps: Mapping[str, Mapping[str, str]]
             f"{field}.name", f"ConfigMap {ref.name!r} is not in the file; add it to the file or pass --configmap FILE"
         )
     if ref.key not in cms[ref.name]:
-        have = ", ".join(sorted(cms[ref.name])) or "none"
-        raise PlanningError(f"{field}.key", f"ConfigMap {ref.name!r} has no key {ref.key!r} (has: {have})")
+        raise PlanningError(f"{field}.key", no_key("ConfigMap", ref.name, ref.key, cms[ref.name]))
     return cms[ref.name][ref.key]
 
 
