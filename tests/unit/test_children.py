@@ -4,9 +4,9 @@ import base64
 import gzip
 import json
 
-from apwa.core.children import JobState, PodResult
 from apwa.controller.store import COMPRESS_ABOVE, config_map_body, decode_outcome, encode_outcome, read_payload
 from apwa.core import outcome_of
+from apwa.core.children import JobState, PodResult
 from apwa.rendering import Owner
 from apwa.results import SubtaskOutcome
 
