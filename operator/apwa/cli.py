@@ -49,7 +49,7 @@ def _data_for(workload: ParallelWorkload, manifests: Manifests, extra: dict[str,
             )
         return cms[ref.name][ref.key]
     if d.planner is not None:
-        from apwa.planning.dynamic import plan_offline
+        from apwa.clients.planners import plan_offline
 
         return plan_offline(workload, {**manifests.config_maps, **extra})
     return None

@@ -1,7 +1,7 @@
 """Kubernetes time stamps: the one parser and the one formatter.
 
-The API server writes RFC 3339 in UTC with a trailing "Z" ("2026-11-26T14:12:25Z"), which
-`datetime.fromisoformat` only accepts from Python 3.11 on; the replace keeps it explicit.
+The API server writes RFC 3339 in UTC with a trailing "Z" ("2026-11-26T14:12:25Z"); Events,
+conditions, creation and completion times all go through these two functions.
 """
 
 from __future__ import annotations

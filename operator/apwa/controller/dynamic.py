@@ -19,12 +19,14 @@ from typing import Any
 
 from apwa.api.models import ParallelWorkloadSpec, PlannerSpec
 from apwa.api.vocabulary import Role
+from apwa.clients.http import display_url
+from apwa.clients.planners import ask
 from apwa.common.messages import no_key
 from apwa.controller.store import KEY, config_map_body, read_payload
 from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.planning.base import PlanningError
-from apwa.planning.clients import FIELD, display_url
-from apwa.planning.dynamic import ask, planner_of
+from apwa.planning.contract import FIELD
+from apwa.planning.dynamic import planner_of
 from apwa.rendering import LABEL_ROLE, Owner, child_name
 from apwa.status import now_iso
 
