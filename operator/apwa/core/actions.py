@@ -8,7 +8,7 @@ events are posted only after that write.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from apwa.api.vocabulary import EventType, Reason
@@ -98,7 +98,6 @@ class Step:
     actions: tuple[Action, ...] = ()
     cursor: int = 0
     wake_in: float = 0.0
-    status: dict[str, Any] | None = field(default=None)
 
     def of(self, kind: type[Action]) -> list[Any]:
         """The actions of one kind (for executors that batch, and for tests)."""

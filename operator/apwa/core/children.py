@@ -16,9 +16,11 @@ from apwa.common.times import parse_iso
 from apwa.rendering import LABEL_INDEX, LABEL_ROLE
 from apwa.results import SubtaskOutcome, decode_result
 
+# Kubernetes's words for finished Jobs (condition types) and pods (phases).
+JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
+POD_SUCCEEDED, POD_FAILED = "Succeeded", "Failed"
 # A Job killed by its deadline: the pod was killed too, its message adds nothing.
 DEADLINE_EXCEEDED = "DeadlineExceeded"
-POD_SUCCEEDED = "Succeeded"
 
 
 @dataclass
@@ -43,9 +45,9 @@ class JobState:
         for c in status.get("conditions") or []:
             if c.get("status") != "True":
                 continue
-            if c.get("type") in ("Complete", "Failed"):
+            if c.get("type") in (JOB_COMPLETE, JOB_FAILED):
                 state.finished = True
-                state.succeeded = c["type"] == "Complete"
+                state.succeeded = c["type"] == JOB_COMPLETE
                 state.reason = c.get("reason") or c["type"]
                 state.message = c.get("message") or ""
                 state.finished_at = parse_iso(c.get("lastTransitionTime"))
@@ -69,7 +71,7 @@ class PodResult:
     def from_body(cls, pod: dict[str, Any]) -> PodResult | None:
         status = pod.get("status") or {}
         phase = status.get("phase", "")
-        if phase not in (POD_SUCCEEDED, "Failed"):
+        if phase not in (POD_SUCCEEDED, POD_FAILED):
             return None
         containers = (pod.get("spec") or {}).get("containers") or [{}]
         main = containers[0].get("name")
@@ -88,7 +90,7 @@ def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutco
     return SubtaskOutcome(
         index,
         False,
-        reason=job.reason or "Failed",
+        reason=job.reason or JOB_FAILED,
         message=message,
         exit_code=pod.exit_code if pod else None,
         job=job.name,

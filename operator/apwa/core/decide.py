@@ -117,7 +117,7 @@ def decide(w: World, now: float) -> Step:
     actions.insert(_status_position(actions), WriteStatus(status, final=verdict.completion is not None))
     if verdict.completion and not w.previous.get("completionTime"):
         actions.append(_finished_event(verdict))
-    return Step(tuple(actions), cursor=cursor, wake_in=min(retry, RESYNC_SECONDS), status=status)
+    return Step(tuple(actions), cursor=cursor, wake_in=min(retry, RESYNC_SECONDS))
 
 
 _REDUCE_STARTED = "all subtasks finished; the reduce Job started"
@@ -305,7 +305,7 @@ def stalled(
     actions: tuple[Action, ...] = ()
     if without_times(status) != written:
         actions = (WriteStatus(status, final=True), PostEvent(EventType.WARNING, e.reason, e.message))
-    return Step(actions, wake_in=min(e.retry, backoff), status=status), min(backoff * 2, e.retry)
+    return Step(actions, wake_in=min(e.retry, backoff)), min(backoff * 2, e.retry)
 
 
 def planning_status(

@@ -34,7 +34,7 @@ from apwa.core import (
     WriteStatus,
     decide,
 )
-from apwa.core.children import DEADLINE_EXCEEDED
+from apwa.core.children import DEADLINE_EXCEEDED, JOB_COMPLETE, POD_FAILED, POD_SUCCEEDED
 from apwa.planning import Subtask
 from apwa.rendering import Owner, render_job, render_reduce_job
 from apwa.results import Aggregate
@@ -185,7 +185,7 @@ class LocalRunner:
                     break
             assert attempt is not None
             if attempt.exit_code == 0:
-                return _ended(name, True, "Complete"), PodResult("Succeeded", 0, "Completed", attempt.result_text)
+                return _ended(name, True, JOB_COMPLETE), PodResult(POD_SUCCEEDED, 0, "Completed", attempt.result_text)
             if attempt.timed_out:
                 # As on a cluster: the deadline kills the pod, the Job's message says why.
                 return _ended(name, False, DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({deadline_s}s) exceeded"), None
@@ -193,7 +193,7 @@ class LocalRunner:
         # Locally "Error" when there were no retries: the process's own failure, not a limit.
         reason = "BackoffLimitExceeded" if limit else "Error"
         return _ended(name, False, reason), PodResult(
-            "Failed", attempt.exit_code, "Error", attempt.result_text or attempt.log_tail
+            POD_FAILED, attempt.exit_code, "Error", attempt.result_text or attempt.log_tail
         )
 
     async def run(self) -> dict[str, Any]:
