@@ -255,10 +255,7 @@ class WorkloadRunner:
                 "key": KEY,
             },
         )
-        step = decide(world, now)
-        # Before any await: a creation failing meanwhile moves the cursor back from here.
-        self.children.cursor = step.cursor
-        return await self._execute(step, spec)
+        return await self._execute(decide(world, now), spec)
 
     # ---- executing the core's actions --------------------------------------------------------
     async def _execute(self, step: Step, spec: ParallelWorkloadSpec) -> float:
@@ -277,8 +274,8 @@ class WorkloadRunner:
                 await self._release(jobs)
             case SuspendJobs(jobs, suspend):
                 await self._suspend(jobs, suspend)
-            case CreateJobs(indices):
-                self._create(spec, indices)
+            case CreateJobs(indices, resume_at):
+                self._create(spec, indices, resume_at)
             case StartReduce():
                 await self._start_reduce(spec)
             case WriteStatus(status, final):
@@ -321,10 +318,13 @@ class WorkloadRunner:
             if index in self.children.jobs:
                 self.children.jobs[index].suspended = suspend
 
-    def _create(self, spec: ParallelWorkloadSpec, indices: tuple[int, ...]) -> None:
+    def _create(self, spec: ParallelWorkloadSpec, indices: tuple[int, ...], resume_at: int) -> None:
+        # A refused creation is reported first; then none of these start and the window stays.
         self.creations.raise_pending()
         assert self.planned is not None, "Jobs are only created once planned"
         owner, path, subtasks = self.owner, self._path("jobs", "batch/v1"), self.planned.subtasks
+        # No await until every task exists: a creation failing later moves the cursor back.
+        self.children.advance(resume_at)
         for i in indices:
             self.creations.in_flight.add(i)
             task = asyncio.create_task(self._create_one(spec, owner, path, subtasks[i], len(subtasks)))
@@ -349,7 +349,7 @@ class WorkloadRunner:
             raise
         except Exception as e:
             self.creations.errors.append(e)
-            self.children.cursor = min(self.children.cursor, s.index)
+            self.children.lose(s.index)
         finally:
             self.creations.in_flight.discard(s.index)
             self.wake.set()

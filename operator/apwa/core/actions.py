@@ -40,9 +40,11 @@ class SuspendJobs:
 
 @dataclass(frozen=True, slots=True)
 class CreateJobs:
-    """Create the Jobs of these subtasks (in this order); the window stays within parallelism."""
+    """Create the Jobs of these subtasks (in this order); the window stays within parallelism.
+    Once they are started, the next window resumes at `resume_at` (ChildIndex.advance)."""
 
     indices: tuple[int, ...]
+    resume_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +94,10 @@ Action = (
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """The core's answer: actions to execute in order, where the creation window resumes, and
-    how soon to look again even if nothing happens (late pods, TTLs, resyncs)."""
+    """The core's answer: actions to execute in order, and how soon to look again even if
+    nothing happens (late pods, TTLs, resyncs)."""
 
     actions: tuple[Action, ...] = ()
-    cursor: int = 0
     wake_in: float = 0.0
 
     def of(self, kind: type[Action]) -> list[Any]:

@@ -117,7 +117,9 @@ class ChildIndex:
 
     Children of subtasks whose outcome is recorded are dropped: they can't change anything.
     `cursor` is where the creation window resumes: every index below it is created, being
-    created or recorded; losing a Job (deleted before its outcome was stored) moves it back.
+    created or recorded. Losing a Job (deleted before its outcome was stored, or its creation
+    refused) moves it back, and `lost` remembers the index until the cursor next advances, so an
+    advance decided before the loss can't skip it.
     """
 
     jobs: dict[int, JobState] = field(default_factory=dict)
@@ -125,6 +127,7 @@ class ChildIndex:
     reduce_job: JobState | None = None
     reduce_pod: PodResult | None = None
     cursor: int = 0
+    lost: set[int] = field(default_factory=set)
 
     def job_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> JobEffect:
         """Apply a watch event; say whether it matters (and whether a Job has just finished)."""
@@ -186,8 +189,16 @@ class ChildIndex:
             self.pods[index] = result
 
     def lose(self, index: int) -> None:
+        """This subtask has no Job any more (or never got one): it must be created again."""
         self.jobs.pop(index, None)
         self.cursor = min(self.cursor, index)
+        self.lost.add(index)
+
+    def advance(self, to: int) -> None:
+        """The creations a step decided have started: resume the window at `to`, or earlier
+        where a Job was lost since that step decided."""
+        self.cursor = min(to, *self.lost) if self.lost else to
+        self.lost.clear()
 
     def forget_jobs_not_in(self, uids: set[str]) -> bool:
         """After a relist: Jobs tracked but not listed are gone. True when any was."""

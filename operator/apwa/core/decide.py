@@ -105,11 +105,10 @@ def decide(w: World, now: float) -> Step:
         actions.append(SuspendJobs(to_flip, w.spec.suspend))
     allowed = w.spec.failure.allowed(len(w.plan))
     failing = tally.failed > allowed
-    cursor = w.children.cursor
     if not w.spec.suspend and not failing:
-        create, cursor = _window(w, tally, len(active))
+        create, resume_at = _window(w, tally, len(active))
         if create:
-            actions.append(CreateJobs(create))
+            actions.append(CreateJobs(create, resume_at))
     verdict = _verdict(w, tally, allowed, failing, len(active), now)
     if verdict.phase == Phase.REDUCING and w.children.reduce_job is None:
         actions += [StartReduce(), PostEvent(EventType.NORMAL, Reason.REDUCING, _REDUCE_STARTED)]
@@ -117,7 +116,7 @@ def decide(w: World, now: float) -> Step:
     actions.insert(_status_position(actions), WriteStatus(status, final=verdict.completion is not None))
     if verdict.completion and not w.previous.get("completionTime"):
         actions.append(_finished_event(verdict))
-    return Step(tuple(actions), cursor=cursor, wake_in=min(retry, RESYNC_SECONDS))
+    return Step(tuple(actions), wake_in=min(retry, RESYNC_SECONDS))
 
 
 _REDUCE_STARTED = "all subtasks finished; the reduce Job started"

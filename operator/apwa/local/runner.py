@@ -205,7 +205,6 @@ class LocalRunner:
         try:
             while True:
                 step = decide(self._world(children, status), time.time())
-                children.cursor = step.cursor
                 status, final = self._execute(step, children, running, status)
                 self.progress.update(self.agg, len(running))
                 if final:
@@ -250,7 +249,8 @@ class LocalRunner:
                 case ReleaseJobs(jobs):
                     for index, _, _ in jobs:
                         children.release(index)
-                case CreateJobs(indices):
+                case CreateJobs(indices, resume_at):
+                    children.advance(resume_at)
                     for i in indices:
                         job = self.jobs[i]
                         children.jobs[i] = JobState(name=job["metadata"]["name"])
