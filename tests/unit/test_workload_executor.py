@@ -135,3 +135,50 @@ def test_cursor_never_skips_a_lost_job(cursor: int, lost: list[int], to: int, ex
     assert index.cursor == expected
     index.advance(to + 1)
     assert index.cursor == to + 1, "a loss holds the cursor back once"
+
+
+def finished_job(index: int) -> dict[str, Any]:
+    labels = {"apwa.dev/role": "subtask", "apwa.dev/index": str(index)}
+    condition = {"type": "Complete", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}
+    return {
+        "metadata": {"name": f"w-{index}", "labels": labels, "uid": f"uid-w-{index}"},
+        "status": {"conditions": [condition]},
+    }
+
+
+def succeeded_pod(index: int) -> dict[str, Any]:
+    labels = {"apwa.dev/role": "subtask", "apwa.dev/index": str(index)}
+    term = {"exitCode": 0, "message": f'"r{index}"'}
+    return {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "main"}]},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"name": "main", "state": {"terminated": term}}]},
+    }
+
+
+def test_a_lost_final_write_is_retried_and_its_event_posted_once() -> None:
+    async def scenario() -> None:
+        kube = FakeKube()
+        r = runner(kube, n=2, parallelism=2)
+        await r.step()
+        await settle(r)
+        for i in range(2):
+            r.on_job("MODIFIED", finished_job(i))
+            r.on_pod("MODIFIED", succeeded_pod(i))
+        patch, failures = kube.merge_patch, [ApiError(503, {"message": "busy"}, "PATCH", "status")]
+
+        async def flaky(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            if path.endswith("/status") and failures:
+                raise failures.pop()
+            return await patch(path, body)
+
+        kube.merge_patch = flaky  # type: ignore[method-assign]
+        with pytest.raises(ApiError):
+            await r.step()
+        await r.step()
+        assert kube.status is not None and kube.status["phase"] == "Succeeded"
+        assert kube.status["result"] == [{"index": 0, "result": "r0"}, {"index": 1, "result": "r1"}]
+        events = [o["reason"] for o in kube.objects.values() if o.get("kind") == "Event"]
+        assert events.count("Succeeded") == 1
+
+    asyncio.run(scenario())

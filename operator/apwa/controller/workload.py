@@ -19,12 +19,13 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
-from apwa import API_VERSION, KIND, PLURAL, metrics
+from apwa import API_VERSION, PLURAL, metrics
 from apwa.api.models import ParallelWorkloadSpec
 from apwa.api.vocabulary import EventType, Reason, Role
 from apwa.common.messages import no_key
-from apwa.common.times import format_iso, parse_iso
+from apwa.common.times import parse_iso
 from apwa.controller.dynamic import PlanContext, stored_plan
+from apwa.controller.effects import Creations, StatusWriter, event_body
 from apwa.controller.store import KEY, ResultStore, config_map_body
 from apwa.core import (
     RESYNC_SECONDS,
@@ -44,14 +45,12 @@ from apwa.core import (
     World,
     WriteStatus,
     decide,
-    event_message,
     finished,
     make_plan,
     planning_status,
     read_spec,
     stall_of,
     stalled,
-    without_times,
 )
 from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask
@@ -59,7 +58,6 @@ from apwa.rendering import (
     LABEL_ROLE,
     LABEL_UID,
     Owner,
-    RenderError,
     child_name,
     render_job,
     render_network_policy,
@@ -91,50 +89,6 @@ class Planned:
     subtasks: list[Subtask]
     outcomes: Aggregate
     store: ResultStore
-
-
-class StatusWriter:
-    """Writes a status only when it says something new, and not more often than `interval`
-    unless it is final."""
-
-    def __init__(self, kube: Kube, path: str, interval: float) -> None:
-        self.kube, self.path, self.interval = kube, path, interval
-        self.written: dict[str, Any] | None = None
-        self.last_write = 0.0
-
-    async def write(self, status: dict[str, Any], final: bool) -> tuple[float, dict[str, Any] | None]:
-        """Returns when to look again, and the status as the API server now has it (None when
-        nothing was written)."""
-        comparable = without_times(status)
-        if self.written is not None and comparable == self.written:
-            return RESYNC_SECONDS, None
-        since = time.monotonic() - self.last_write
-        if since < self.interval and not final:
-            return self.interval - since, None
-        body = await self.kube.merge_patch(self.path, {"status": status})
-        metrics.STATUS_PATCHES.inc()
-        self.last_write = time.monotonic()
-        self.written = comparable
-        return RESYNC_SECONDS, (body or {}).get("status", status)
-
-
-class Creations:
-    """Job creations as a pipeline of tasks: each one that ends wakes the loop, which starts
-    the next, so there is no batch tail. Failures wait here for the next step to report them."""
-
-    def __init__(self) -> None:
-        self.in_flight: set[int] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.errors: list[BaseException] = []
-
-    def raise_pending(self) -> None:
-        if self.errors:
-            err, self.errors = self.errors[0], []
-            _raise_create_error(err)
-
-    def cancel(self) -> None:
-        for task in self.tasks:
-            task.cancel()
 
 
 class WorkloadRunner:
@@ -475,39 +429,8 @@ class WorkloadRunner:
         return step.wake_in
 
     async def _event(self, e: PostEvent) -> None:
-        stamp = format_iso(time.time())
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{self.name[:200]}.", "namespace": self.namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": self.name,
-                "namespace": self.namespace,
-                "uid": self.uid,
-            },
-            "type": str(e.type),
-            "reason": str(e.reason),
-            "message": event_message(e.message),
-            "source": {"component": "apwa-operator"},
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-            "reportingComponent": "apwa.dev/operator",
-        }
+        body = event_body(self.owner, self.uid, e, time.time())
         try:
             await self.kube.create(self._path("events", "v1"), body)
         except ApiError as err:
             log.info("event not posted: %s", err)
-
-
-def _raise_create_error(err: BaseException) -> None:
-    if isinstance(err, RenderError):
-        raise Stalled(Reason.INVALID_TEMPLATE, str(err), retry=300)
-    if isinstance(err, ApiError) and err.status in (400, 422):
-        raise Stalled(Reason.JOB_REJECTED, f"the API server rejected a subtask Job: {err.message}", retry=60)
-    if isinstance(err, ApiError) and err.status == 403:
-        # Usually a ResourceQuota or a terminating namespace: worth retrying, but say so.
-        raise Stalled(Reason.FORBIDDEN, f"creating subtask Jobs is forbidden: {err.message}", retry=15)
-    raise err
