@@ -31,9 +31,11 @@ test-unit: install
 test-integration: install testenv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+## ruff, then the import contracts of .importlinter (the layering of docs/architecture.md).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 fmt: install
 	$(BIN)/ruff format .

@@ -12,9 +12,19 @@ import yaml
 
 from apwa import __version__
 from apwa.api.models import ParallelWorkload
+from apwa.api.vocabulary import Phase, Role
+from apwa.common.messages import no_key
 from apwa.manifest import ManifestError, Manifests, load
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask, plan
-from apwa.rendering import Owner, RenderError, label_value, render_job, render_network_policy
+from apwa.rendering import (
+    LABEL_ROLE,
+    LABEL_WORKLOAD,
+    Owner,
+    RenderError,
+    label_value,
+    render_job,
+    render_network_policy,
+)
 
 
 class CliError(Exception):
@@ -35,11 +45,11 @@ def _data_for(workload: ParallelWorkload, manifests: Manifests, extra: dict[str,
         if ref.key not in cms[ref.name]:
             raise PlanningError(
                 "spec.decomposition.configMapRef.key",
-                f"ConfigMap {ref.name!r} has no key {ref.key!r} (has: {', '.join(sorted(cms[ref.name])) or 'none'})",
+                no_key("ConfigMap", ref.name, ref.key, cms[ref.name]),
             )
         return cms[ref.name][ref.key]
     if d.planner is not None:
-        from apwa.planning.dynamic import plan_offline
+        from apwa.clients.planners import plan_offline
 
         return plan_offline(workload, {**manifests.config_maps, **extra})
     return None
@@ -145,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workload.spec.parallelism = args.parallelism
     status = run_local(workload, subtasks, progress=not args.quiet)
     sys.stdout.write(yaml.safe_dump({"status": status}, sort_keys=False, allow_unicode=True))
-    return 0 if status["phase"] == "Succeeded" else 1
+    return 0 if status["phase"] == Phase.SUCCEEDED else 1
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -166,7 +176,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         client.CustomObjectsApi(api).get_namespaced_custom_object(
             "apwa.dev", "v1alpha1", namespace, "parallelworkloads", args.workload
         )
-        selector = f"apwa.dev/workload={label_value(args.workload)},apwa.dev/role=results"
+        selector = f"{LABEL_WORKLOAD}={label_value(args.workload)},{LABEL_ROLE}={Role.RESULTS}"
         cms = core.list_namespaced_config_map(namespace, label_selector=selector).items
     except client.ApiException as e:
         if e.status == 404:

@@ -8,22 +8,39 @@ workload), `Ready` when it succeeded; plus `Complete` and `Failed` so that
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+import time
+from typing import Any, Protocol
 
-from apwa.results.aggregate import Aggregate
+from apwa.api.vocabulary import FINISHED, IN_PROGRESS, ConditionType, Phase, Reason
+from apwa.common.times import format_iso
 
-IN_PROGRESS = {"Pending", "Planning", "Running", "Reducing"}
-FINISHED = {"Succeeded", "Failed"}
+__all__ = ["FINISHED", "IN_PROGRESS", "build", "conditions", "counts", "is_finished", "now_iso"]
 MESSAGE_CAP = 1024
 
 
+class Tallied(Protocol):
+    """What the status needs of the outcomes: an `Aggregate`, or the core's view of one."""
+
+    @property
+    def succeeded(self) -> int: ...
+
+    @property
+    def failed(self) -> int: ...
+
+    def failures(self) -> list[dict[str, Any]]: ...
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_iso(time.time())
+
+
+def is_finished(status: dict[str, Any]) -> bool:
+    """Finished for good: a final phase with its completion time written."""
+    return status.get("phase") in FINISHED and bool(status.get("completionTime"))
 
 
 def _condition(
-    ctype: str,
+    ctype: ConditionType,
     value: bool,
     reason: str,
     message: str,
@@ -35,9 +52,9 @@ def _condition(
     old = previous.get(ctype)
     changed = not old or old.get("status") != status
     cond = {
-        "type": ctype,
+        "type": str(ctype),  # plain strings: YAML dumpers don't know the enums
         "status": status,
-        "reason": reason,
+        "reason": str(reason),
         "message": message,
         "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),  # type: ignore[union-attr]
     }
@@ -58,28 +75,33 @@ def conditions(
 ) -> list[dict[str, Any]]:
     now = now or now_iso()
     prev = {c.get("type", ""): c for c in previous or []}
-    failed = phase == "Failed"
-    done = phase == "Succeeded"
+    failed = phase == Phase.FAILED
+    done = phase == Phase.SUCCEEDED
     progressing = phase in IN_PROGRESS and not stalled
+    blocked = stalled or failed
     args = (generation, prev, now)
     return [
-        _condition("Ready", done, reason, message, *args),
+        _condition(ConditionType.READY, done, reason, message, *args),
         _condition(
-            "Reconciling", progressing, reason if progressing else "Idle", message if progressing else "", *args
-        ),
-        _condition(
-            "Stalled",
-            stalled or failed,
-            reason if stalled or failed else "Healthy",
-            message if stalled or failed else "",
+            ConditionType.RECONCILING,
+            progressing,
+            reason if progressing else Reason.IDLE,
+            message if progressing else "",
             *args,
         ),
-        _condition("Complete", done, reason if done else "NotComplete", message if done else "", *args),
-        _condition("Failed", failed, reason if failed else "NotFailed", message if failed else "", *args),
+        _condition(
+            ConditionType.STALLED, blocked, reason if blocked else Reason.HEALTHY, message if blocked else "", *args
+        ),
+        _condition(
+            ConditionType.COMPLETE, done, reason if done else Reason.NOT_COMPLETE, message if done else "", *args
+        ),
+        _condition(
+            ConditionType.FAILED, failed, reason if failed else Reason.NOT_FAILED, message if failed else "", *args
+        ),
     ]
 
 
-def counts(total: int, active: int, agg: Aggregate | None) -> dict[str, int]:
+def counts(total: int, active: int, agg: Tallied | None) -> dict[str, int]:
     succeeded = agg.succeeded if agg else 0
     failed = agg.failed if agg else 0
     return {
@@ -99,7 +121,7 @@ def build(
     generation: int | None,
     total: int,
     active: int,
-    agg: Aggregate | None,
+    agg: Tallied | None,
     previous: dict[str, Any] | None = None,
     stalled: bool = False,
     start_time: str | None = None,
@@ -111,7 +133,7 @@ def build(
     previous = previous or {}
     c = counts(total, active, agg)
     status: dict[str, Any] = {
-        "phase": phase,
+        "phase": str(phase),
         "progress": f"{c['succeeded']}/{total}",
         "counts": c,
         "message": message[:MESSAGE_CAP],

@@ -4,9 +4,10 @@ import base64
 import gzip
 import json
 
-from apwa.controller.children import JobState, PodResult
+import pytest
 from apwa.controller.store import COMPRESS_ABOVE, config_map_body, decode_outcome, encode_outcome, read_payload
-from apwa.controller.workload import outcome_of
+from apwa.core import outcome_of
+from apwa.core.children import JobState, PodResult
 from apwa.rendering import Owner
 from apwa.results import SubtaskOutcome
 
@@ -92,3 +93,37 @@ def test_store_roundtrip_and_compression():
     assert "data" not in big and len(base64.b64decode(big["binaryData"]["results.json"])) < len(big_payload) / 10
     assert read_payload(big) == big_payload and read_payload(small) == b'{"x": 1}'
     assert gzip.decompress(base64.b64decode(big["binaryData"]["results.json"])) == big_payload
+
+
+def _done_job() -> JobState:
+    return JobState.from_body(job([{"type": "Complete", "status": "True"}]))
+
+
+def _pod(message: str, containers: int = 1) -> PodResult:
+    body = {
+        "spec": {"containers": [{"name": f"c{i}"} for i in range(containers)]},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"name": "c0", "state": {"terminated": {"exitCode": 0, "message": message}}}],
+        },
+    }
+    result = PodResult.from_body(body)
+    assert result is not None
+    return result
+
+
+@pytest.mark.parametrize(
+    ("message", "containers", "succeeded", "reason"),
+    [
+        pytest.param('{"apwa":1,"len":2,"value":42}', 1, True, "", id="whole-envelope"),
+        pytest.param('{"apwa":1,"len":2,"val', 1, False, "ResultTruncated", id="envelope-cut"),
+        pytest.param("z" * 4096, 1, False, "ResultTruncated", id="bare-text-at-4096"),
+        pytest.param("z" * 3072, 4, False, "ResultTruncated", id="bare-text-at-a-four-container-pods-limit"),
+        pytest.param("z" * 3072, 1, True, "", id="bare-text-under-the-limit"),
+    ],
+)
+def test_a_cut_result_is_a_failure(message: str, containers: int, succeeded: bool, reason: str) -> None:
+    outcome = outcome_of(3, _done_job(), _pod(message, containers))
+    assert (outcome.succeeded, outcome.reason) == (succeeded, reason)
+    if not succeeded:
+        assert "was cut" in outcome.message

@@ -153,6 +153,8 @@ def test_failure_policy_stops_launching_and_reports(tmp_path: Path) -> None:
     status = yaml.safe_load(r.stdout)["status"]
     assert status["phase"] == "Failed"
     assert status["counts"]["failed"] == 3 and status["counts"]["pending"] > 0  # stopped early
+    # The operator's wording, decided by the same core.
+    assert status["message"] == "3 subtasks failed, more than the 2 allowed by spec.failurePolicy"
     assert status["failedSubtasks"][0] == {
         "index": 1,
         "job": "t-1",

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from apwa.api.models import ParallelWorkload, ParallelWorkloadSpec, PlannerSpec
+from apwa.clients.planners import ask, make_planner, plan_offline
 from apwa.planning.base import PlanningError
-from apwa.planning.clients import ANSWER_SCHEMA, contract_schema, make_planner
-from apwa.planning.dynamic import ENV_API_KEY, ask, plan_offline
+from apwa.planning.contract import ANSWER_SCHEMA, contract_schema
+from apwa.planning.dynamic import ENV_API_KEY
 from pydantic import ValidationError
 from scripted_server import Reply, Seen, Server  # tests/ is on sys.path (tests/conftest.py)
 

@@ -13,19 +13,22 @@ import base64
 import binascii
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from apwa.api.models import ParallelWorkloadSpec, PlannerSpec
+from apwa.api.vocabulary import Role
+from apwa.clients.http import display_url
+from apwa.clients.planners import ask
+from apwa.common.messages import no_key
 from apwa.controller.store import KEY, config_map_body, read_payload
-from apwa.kube.client import ApiError, ns_path
+from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.planning.base import PlanningError
-from apwa.planning.clients import FIELD, display_url
-from apwa.planning.dynamic import ask, planner_of
-from apwa.rendering import LABEL_ROLE, child_name
-from apwa.status import build, now_iso
-
-if TYPE_CHECKING:
-    from apwa.controller.workload import WorkloadRunner
+from apwa.planning.contract import FIELD
+from apwa.planning.dynamic import planner_of
+from apwa.rendering import LABEL_ROLE, Owner, child_name
+from apwa.status import now_iso
 
 log = logging.getLogger("apwa.planner")
 
@@ -35,30 +38,55 @@ PLAN_KEY = "plan.json"
 MAX_STORED_BYTES = 1000 * 1024
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What asking and storing a plan needs of its workload's loop (and nothing more)."""
+
+    kube: Kube
+    owner: Owner
+    max_subtasks: int
+    # Writes phase Planning with this description of the planner, while it thinks.
+    report_planning: Callable[[str], Awaitable[None]]
+
+    @property
+    def name(self) -> str:
+        return self.owner.name
+
+    @property
+    def namespace(self) -> str:
+        assert self.owner.namespace, "a workload on the cluster has a namespace"
+        return self.owner.namespace
+
+    @property
+    def uid(self) -> str | None:
+        return self.owner.uid
+
+
 def plan_config_map_name(workload: str) -> str:
     return child_name(workload, "plan")
 
 
-async def stored_plan(runner: WorkloadRunner, spec: ParallelWorkloadSpec) -> list[Any]:
+async def stored_plan(ctx: PlanContext, spec: ParallelWorkloadSpec) -> list[Any]:
     """The workload's plan items: the stored ones, else the planner's answer, stored first."""
     p = planner_of(spec)
-    name = plan_config_map_name(runner.name)
-    path = ns_path("v1", runner.namespace, "configmaps")
-    existing = await runner.kube.get(f"{path}/{name}")
+    name = plan_config_map_name(ctx.name)
+    path = ns_path("v1", ctx.namespace, "configmaps")
+    existing = await ctx.kube.get(f"{path}/{name}")
     if existing is not None:
-        return _items_of(runner, existing)
+        return _items_of(ctx, existing)
 
-    api_key, key_source = await _api_key(runner, p)
-    context = await _context(runner, p)
-    await _report_planning(runner, p)
+    api_key, key_source = await _api_key(ctx, p)
+    context = await _context(ctx, p)
+    what = f"model {p.model!r} at " if p.model else ""
+    await ctx.report_planning(f"{p.type} planner ({what}{display_url(p.url)})")
     items = await ask(
         spec,
-        workload=runner.name,
-        namespace=runner.namespace,
+        workload=ctx.name,
+        namespace=ctx.namespace,
         context=context,
         api_key=api_key,
         key_source=key_source,
-        max_subtasks=runner.settings.max_subtasks,
+        max_subtasks=ctx.max_subtasks,
     )
     payload = json.dumps(
         {
@@ -68,7 +96,7 @@ async def stored_plan(runner: WorkloadRunner, spec: ParallelWorkloadSpec) -> lis
         },
         separators=(",", ":"),
     ).encode()
-    body = _plan_body(runner, name, payload)
+    body = _plan_body(ctx, name, payload)
     stored = len(json.dumps(body.get("data") or body.get("binaryData")))
     if stored > MAX_STORED_BYTES:
         raise PlanningError(
@@ -77,25 +105,25 @@ async def stored_plan(runner: WorkloadRunner, spec: ParallelWorkloadSpec) -> lis
             f"lower {FIELD}.maxSubtasks or have the planner return shorter subtasks",
         )
     try:
-        created, _ = await runner.kube.create(path, body)
+        created, _ = await ctx.kube.create(path, body)
     except ApiError as e:
         if e.status in (400, 413, 422):
             raise PlanningError(FIELD, f"storing the plan in ConfigMap {name!r} was refused: {e.message}") from None
         raise
     if created:
-        log.info("workload %s/%s: stored a plan of %d subtasks in %s", runner.namespace, runner.name, len(items), name)
+        log.info("workload %s/%s: stored a plan of %d subtasks in %s", ctx.namespace, ctx.name, len(items), name)
         return items
     # Another run of the operator stored its plan first: that one is the plan (it may already
     # have Jobs), this answer is dropped.
-    existing = await runner.kube.get(f"{path}/{name}")
+    existing = await ctx.kube.get(f"{path}/{name}")
     if existing is None:
         raise PlanningError(FIELD, f"the stored plan {name!r} disappeared while being read; planning again")
-    log.info("workload %s/%s: another run stored the plan first; using it", runner.namespace, runner.name)
-    return _items_of(runner, existing)
+    log.info("workload %s/%s: another run stored the plan first; using it", ctx.namespace, ctx.name)
+    return _items_of(ctx, existing)
 
 
-def _plan_body(runner: WorkloadRunner, name: str, payload: bytes) -> dict[str, Any]:
-    body = config_map_body(runner.owner, name, payload, {LABEL_ROLE: "plan"})
+def _plan_body(ctx: PlanContext, name: str, payload: bytes) -> dict[str, Any]:
+    body = config_map_body(ctx.owner, name, payload, {LABEL_ROLE: Role.PLAN})
     # The shared helper names its key for results; a plan reads better as plan.json.
     for section in ("data", "binaryData"):
         if KEY in (body.get(section) or {}):
@@ -103,10 +131,10 @@ def _plan_body(runner: WorkloadRunner, name: str, payload: bytes) -> dict[str, A
     return body
 
 
-def _items_of(runner: WorkloadRunner, cm: dict[str, Any]) -> list[Any]:
+def _items_of(ctx: PlanContext, cm: dict[str, Any]) -> list[Any]:
     name = cm["metadata"]["name"]
     owners = cm["metadata"].get("ownerReferences") or []
-    if not any(o.get("uid") == runner.uid for o in owners):
+    if not any(o.get("uid") == ctx.uid for o in owners):
         # Usually an earlier workload of the same name whose children are still being garbage
         # collected: its plan must not be taken for this one's.
         raise PlanningError(
@@ -132,31 +160,30 @@ def _items_of(runner: WorkloadRunner, cm: dict[str, Any]) -> list[Any]:
     return items
 
 
-async def _api_key(runner: WorkloadRunner, p: PlannerSpec) -> tuple[str | None, str | None]:
+async def _api_key(ctx: PlanContext, p: PlannerSpec) -> tuple[str | None, str | None]:
     ref = p.api_key_secret_ref
     if ref is None:
         return None, None
     field = f"{FIELD}.apiKeySecretRef"
     try:
-        secret = await runner.kube.get(ns_path("v1", runner.namespace, "secrets", ref.name))
+        secret = await ctx.kube.get(ns_path("v1", ctx.namespace, "secrets", ref.name))
     except ApiError as e:
         if e.status == 403:
             raise PlanningError(
                 field,
-                f"the operator may not read Secret {ref.name!r} in namespace {runner.namespace!r}: "
+                f"the operator may not read Secret {ref.name!r} in namespace {ctx.namespace!r}: "
                 "grant its ServiceAccount get on secrets",
             ) from None
         raise
     if secret is None:
         raise PlanningError(
             f"{field}.name",
-            f"Secret {ref.name!r} not found in namespace {runner.namespace!r}; create it with the API key "
+            f"Secret {ref.name!r} not found in namespace {ctx.namespace!r}; create it with the API key "
             f"under key {ref.key!r}",
         )
     data = secret.get("data") or {}
     if ref.key not in data:
-        have = ", ".join(sorted(data)) or "none"
-        raise PlanningError(f"{field}.key", f"Secret {ref.name!r} has no key {ref.key!r} (has: {have})")
+        raise PlanningError(f"{field}.key", no_key("Secret", ref.name, ref.key, data))
     try:
         # strip(): `echo key | base64` leaves a newline that would break the header.
         key = base64.b64decode(data[ref.key]).decode().strip()
@@ -167,41 +194,15 @@ async def _api_key(runner: WorkloadRunner, p: PlannerSpec) -> tuple[str | None, 
     return key, f"Secret {ref.name!r} (key {ref.key!r})"
 
 
-async def _context(runner: WorkloadRunner, p: PlannerSpec) -> str | None:
+async def _context(ctx: PlanContext, p: PlannerSpec) -> str | None:
     ref = p.context_config_map_ref
     if ref is None:
         return p.context
     field = f"{FIELD}.contextConfigMapRef"
-    cm = await runner.kube.get(ns_path("v1", runner.namespace, "configmaps", ref.name))
+    cm = await ctx.kube.get(ns_path("v1", ctx.namespace, "configmaps", ref.name))
     if cm is None:
-        raise PlanningError(f"{field}.name", f"ConfigMap {ref.name!r} not found in namespace {runner.namespace!r}")
+        raise PlanningError(f"{field}.name", f"ConfigMap {ref.name!r} not found in namespace {ctx.namespace!r}")
     data = cm.get("data") or {}
     if ref.key not in data:
-        have = ", ".join(sorted(data)) or "none"
-        raise PlanningError(f"{field}.key", f"ConfigMap {ref.name!r} has no key {ref.key!r} (has: {have})")
+        raise PlanningError(f"{field}.key", no_key("ConfigMap", ref.name, ref.key, data))
     return str(data[ref.key])
-
-
-async def _report_planning(runner: WorkloadRunner, p: PlannerSpec) -> None:
-    """Status phase Planning while the planner thinks (a model may take a minute)."""
-    prev = runner.body.get("status") or {}
-    if any(c.get("type") == "Stalled" and c.get("status") == "True" for c in prev.get("conditions") or []):
-        # A retry after a failure: the Stalled condition (with the reason to act on) stays until
-        # a plan is stored, rather than flapping Stalled -> Planning -> Stalled on every backoff.
-        return
-    what = f"model {p.model!r} at " if p.model else ""
-    status = build(
-        phase="Planning",
-        reason="Planning",
-        message=f"asking the {p.type} planner ({what}{display_url(p.url)}) for subtasks",
-        generation=runner.generation,
-        total=0,
-        active=0,
-        agg=None,
-        previous=prev,
-        start_time=prev.get("startTime") or now_iso(),
-    )
-    try:
-        await runner._write_status(status, final=True)
-    except ApiError as e:  # informative only: planning goes on without it
-        log.warning("workload %s/%s: status write failed: %s", runner.namespace, runner.name, e)

@@ -18,9 +18,10 @@ from apwa.controller.registry import REGISTRY
 from apwa.controller.watch import ChildWatch
 from apwa.kube.client import Kube
 from apwa.rendering import LABEL_ROLE
+from apwa.rendering.jobs import MANAGED_BY
 
 # Every child the operator makes carries both labels; the API server filters on them.
-CHILD_SELECTOR = f"app.kubernetes.io/managed-by=apwa,{LABEL_ROLE}"
+CHILD_SELECTOR = ",".join([*(f"{k}={v}" for k, v in MANAGED_BY.items()), LABEL_ROLE])
 
 
 @kopf.on.startup()

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from apwa import metrics
+from apwa.api.vocabulary import Phase
 from apwa.controller.workload import Settings, WorkloadRunner
 from apwa.kube.client import Kube
 from apwa.rendering import LABEL_UID
@@ -66,9 +67,9 @@ class Registry:
         self.runners.clear()
 
     def _gauge(self) -> None:
-        phases = Counter((r.body.get("status") or {}).get("phase") or "Pending" for r in self.runners.values())
-        for phase in ("Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"):
-            metrics.WORKLOADS.labels(phase=phase).set(phases.get(phase, 0))
+        phases = Counter(r.status.get("phase") or Phase.PENDING for r in self.runners.values())
+        for phase in Phase:
+            metrics.WORKLOADS.labels(phase=str(phase)).set(phases.get(phase, 0))
 
 
 REGISTRY = Registry()

@@ -16,14 +16,16 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from apwa.api.vocabulary import Role
 from apwa.kube.client import Kube, ns_path
-from apwa.rendering import LABEL_ROLE, Owner, child_name
+from apwa.rendering import LABEL_ROLE, LABEL_UID, Owner, child_name
 from apwa.rendering.jobs import metadata
 from apwa.results import SubtaskOutcome
 
 CHUNK = 200
 KEY = "results.json"
 COMPRESS_ABOVE = 256 * 1024
+LABEL_CHUNK = "apwa.dev/chunk"
 
 
 def chunk_name(workload: str, chunk: int) -> str:
@@ -79,13 +81,13 @@ class ResultStore:
         return ns_path("v1", self.owner.namespace, "configmaps", name)
 
     def _selector(self) -> str:
-        return f"apwa.dev/workload-uid={self.owner.uid},{LABEL_ROLE}=results"
+        return f"{LABEL_UID}={self.owner.uid},{LABEL_ROLE}={Role.RESULTS}"
 
     async def load(self) -> list[SubtaskOutcome]:
         """Every stored outcome (without keeping complete chunks in memory)."""
         out: list[SubtaskOutcome] = []
         async for cm in self.kube.list(self._path(), labelSelector=self._selector()):
-            chunk = int(cm["metadata"]["labels"].get("apwa.dev/chunk", "-1"))
+            chunk = int(cm["metadata"]["labels"].get(LABEL_CHUNK, "-1"))
             entries = json.loads(read_payload(cm) or b"{}").get("outcomes", {})
             self._exists.add(chunk)
             if len(entries) < self._chunk_size(chunk):
@@ -122,7 +124,7 @@ class ResultStore:
         entries = self._open[chunk]
         payload = json.dumps({"chunk": chunk, "outcomes": entries}, separators=(",", ":")).encode()
         name = chunk_name(self.owner.name, chunk)
-        body = config_map_body(self.owner, name, payload, {LABEL_ROLE: "results", "apwa.dev/chunk": str(chunk)})
+        body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.RESULTS, LABEL_CHUNK: str(chunk)})
         if chunk not in self._exists:
             created, _ = await self.kube.create(self._path(), body)
             self._exists.add(chunk)

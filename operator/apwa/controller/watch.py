@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from apwa.common.retry import Backoff
 from apwa.kube.client import ApiError, Kube
 
 log = logging.getLogger("apwa.watch")
@@ -58,20 +59,20 @@ class ChildWatch:
         await asyncio.gather(*(self._run_path(p) for p in self.paths))
 
     async def _run_path(self, path: str) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         rv: str | None = None
         while True:
             try:
                 if rv is None:
                     rv = await self._list(path)
                 rv = await self._watch(path, rv)
-                delay = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except (ApiError, httpx.HTTPError, ValueError) as e:
-                log.warning("watch %s: %s; again in %.1fs", path, e, delay)
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 30.0)
+                wait = backoff.next()
+                log.warning("watch %s: %s; again in %.1fs", path, e, wait)
+                await asyncio.sleep(wait)
                 rv = None  # relist: the stream may have missed events
 
     async def _list(self, path: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +19,12 @@ from typing import Any
 import httpx
 
 from apwa import metrics
+from apwa.common.retry import Backoff, retry_after
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {429, 500, 502, 503, 504}
+# Longer server-requested pauses are cut to this: the caller's own retry takes over.
+MAX_RETRY_AFTER = 30.0
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
@@ -110,7 +112,7 @@ class Kube:
     ) -> tuple[int, dict[str, Any]]:
         """Send a request; returns (status, body). Statuses in `ok` are answers, not errors."""
         headers = {"Content-Type": content_type} if content_type else None
-        delay = 0.05
+        backoff = Backoff(0.05, 5.0)
         for attempt in range(self._retries + 1):
             try:
                 async with self._sem:
@@ -120,8 +122,7 @@ class Kube:
                 if attempt == self._retries:
                     raise ApiError(0, str(e), method, path) from e
                 metrics.API_RETRIES.inc()
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next())
                 continue
             if resp.status_code < 300 or resp.status_code in ok:
                 return resp.status_code, _json(resp)
@@ -132,9 +133,9 @@ class Kube:
                 continue
             if resp.status_code in RETRY_STATUS and attempt < self._retries:
                 metrics.API_RETRIES.inc()
-                wait = _retry_after(resp) or delay * (1 + random.random())
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, 5.0)
+                # The backoff advances either way, so a server that keeps asking sees longer waits.
+                wait = backoff.next()
+                await asyncio.sleep(retry_after(resp.headers.get("Retry-After"), cap=MAX_RETRY_AFTER) or wait)
                 continue
             raise ApiError(resp.status_code, _json(resp), method, path)
         raise AssertionError("unreachable")
@@ -184,14 +185,6 @@ def _json(resp: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"message": resp.text[:500]}
     return body if isinstance(body, dict) else {"value": body}
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    try:
-        return min(float(value), 30.0) if value else None
-    except ValueError:
-        return None
 
 
 def ns_path(group_version: str, namespace: str, plural: str, name: str | None = None, sub: str | None = None) -> str:

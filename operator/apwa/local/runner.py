@@ -21,10 +21,23 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from apwa.api.models import ParallelWorkload
+from apwa.core import (
+    ChildIndex,
+    CreateJobs,
+    JobState,
+    PodResult,
+    RecordOutcomes,
+    ReleaseJobs,
+    StartReduce,
+    Step,
+    World,
+    WriteStatus,
+    decide,
+)
+from apwa.core.children import DEADLINE_EXCEEDED, JOB_COMPLETE, POD_FAILED, POD_SUCCEEDED
 from apwa.planning import Subtask
 from apwa.rendering import Owner, render_job, render_reduce_job
-from apwa.results import Aggregate, SubtaskOutcome, decode_result
-from apwa.status import build, now_iso
+from apwa.results import Aggregate
 
 LOG_TAIL_BYTES = 2048
 LOG_TAIL_LINES = 80
@@ -32,6 +45,10 @@ LOG_TAIL_LINES = 80
 
 class LocalRunError(Exception):
     pass
+
+
+# How a process run ended, as the Job and pod states the operator would have observed.
+Ended = tuple[JobState, PodResult | None]
 
 
 @dataclass
@@ -102,7 +119,8 @@ def _process_spec(job: dict[str, Any], notices: set[str]) -> list[tuple[list[str
 class LocalRunner:
     def __init__(self, workload: ParallelWorkload, subtasks: list[Subtask], *, stream: TextIO, progress: bool) -> None:
         self.workload = workload
-        self.spec = workload.spec
+        # Nothing here resumes a suspended run: a local run ignores spec.suspend, as it always has.
+        self.spec = workload.spec.model_copy(update={"suspend": False})
         self.subtasks = subtasks
         self.stream = stream
         self.owner = Owner(workload.metadata.name, workload.metadata.namespace, None, workload.metadata.labels or {})
@@ -111,7 +129,7 @@ class LocalRunner:
         self.notices: set[str] = set()
         self.procs: set[asyncio.subprocess.Process] = set()
         self.spawned: list[asyncio.subprocess.Process] = []  # every process ever started
-        self.active = 0
+        self.jobs = [render_job(self.owner, self.spec, s, len(subtasks)) for s in subtasks]
         self.tmp = Path(tempfile.mkdtemp(prefix="apwa-local-"))
         # Commands such as `python3` or `apwa-example-wordcount` resolve to this installation.
         self.base_env = dict(os.environ)
@@ -150,12 +168,14 @@ class LocalRunner:
         text, tail = _read_outputs(result, log)
         return _Attempt(proc.returncode, text, tail, timed_out)
 
-    async def _run_job(self, job: dict[str, Any], key: str, extra_env: dict[str, str]) -> SubtaskOutcome:
+    async def _run_job(self, job: dict[str, Any], key: str, extra_env: dict[str, str]) -> Ended:
+        """Run a rendered Job's containers as processes, with its retries and deadline; report
+        the end as the Job and pod states the operator would observe."""
         steps = _process_spec(job, self.notices)
+        name = job["metadata"]["name"]
         limit = job["spec"]["backoffLimit"]
         deadline_s = job["spec"].get("activeDeadlineSeconds")
         deadline = time.monotonic() + deadline_s if deadline_s else None
-        index = int(key) if key.isdigit() else -1
         attempt: _Attempt | None = None
         for n in range(limit + 1):
             for s, (argv, env) in enumerate(steps):
@@ -165,98 +185,97 @@ class LocalRunner:
                     break
             assert attempt is not None
             if attempt.exit_code == 0:
-                return SubtaskOutcome(index, True, decode_result(attempt.result_text), job=job["metadata"]["name"])
+                return _ended(name, True, JOB_COMPLETE), PodResult(POD_SUCCEEDED, 0, "Completed", attempt.result_text)
             if attempt.timed_out:
-                return SubtaskOutcome(
-                    index,
-                    False,
-                    reason="DeadlineExceeded",
-                    message=f"activeDeadlineSeconds ({deadline_s}s) exceeded",
-                    job=job["metadata"]["name"],
-                )
+                # As on a cluster: the deadline kills the pod, the Job's message says why.
+                return _ended(name, False, DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({deadline_s}s) exceeded"), None
         assert attempt is not None
-        return SubtaskOutcome(
-            index,
-            False,
-            reason="BackoffLimitExceeded" if limit else "Error",
-            message=(attempt.result_text or attempt.log_tail).strip(),
-            exit_code=attempt.exit_code,
-            job=job["metadata"]["name"],
+        # Locally "Error" when there were no retries: the process's own failure, not a limit.
+        reason = "BackoffLimitExceeded" if limit else "Error"
+        return _ended(name, False, reason), PodResult(
+            POD_FAILED, attempt.exit_code, "Error", attempt.result_text or attempt.log_tail
         )
 
     async def run(self) -> dict[str, Any]:
-        start = now_iso()
-        total = len(self.subtasks)
-        allowed = self.spec.failure.allowed(total)
-        parallelism = self.spec.parallelism
-        jobs = [render_job(self.owner, self.spec, s, total) for s in self.subtasks]
-        queue = iter(zip(self.subtasks, jobs, strict=True))
-        running: set[asyncio.Task[SubtaskOutcome]] = set()
-        stopped = False
+        """Step the shared core until it writes a final status; between steps, wait for any
+        process to end (the only thing that changes anything locally)."""
+        children = ChildIndex()
+        running: dict[asyncio.Task[Ended], int | None] = {}  # None: reduce
+        status: dict[str, Any] = {}
         try:
             while True:
-                while not stopped and len(running) < parallelism:
-                    nxt = next(queue, None)
-                    if nxt is None:
-                        break
-                    sub, job = nxt
-                    running.add(asyncio.create_task(self._run_job(job, str(sub.index), {})))
-                self.active = len(running)
-                self.progress.update(self.agg, self.active)
-                if not running:
+                step = decide(self._world(children, status), time.time())
+                status, final = self._execute(step, children, running, status)
+                self.progress.update(self.agg, len(running))
+                if final:
                     break
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    self.agg.record(t.result())
-                if self.agg.failed > allowed:
-                    stopped = True
+                if not running:
+                    raise LocalRunError(f"the run cannot progress (status: {status.get('message', '')})")
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    self._observe(children, running.pop(task), *task.result())
         finally:
             self._kill_all()
-        self.active = 0
         self.progress.update(self.agg, 0, final=True)
         for n in sorted(self.notices):
             _notice(self.stream, n)
-        return await self._finish(start, stopped, allowed)
+        return status
 
-    async def _finish(self, start: str, stopped: bool, allowed: int) -> dict[str, Any]:
-        total = len(self.subtasks)
-        gen = self.workload.metadata.generation
-        result: Any = None
-        if self.agg.failed > allowed:
-            phase, reason = "Failed", "TooManyFailures"
-            message = f"{self.agg.failed} subtasks failed, more than the {allowed} allowed by spec.failurePolicy" + (
-                "; no new subtasks were started" if stopped and self.agg.finished < total else ""
-            )
-        else:
-            phase, reason = "Succeeded", "AllSubtasksFinished"
-            message = f"{self.agg.succeeded}/{total} subtasks succeeded"
-            if self.agg.failed:
-                message += f", {self.agg.failed} failed (within spec.failurePolicy)"
-            reduce = self.spec.results.reduce if self.spec.results else None
-            if reduce:
-                path = self.tmp / "results.json"
-                path.write_text(json.dumps(self.agg.reduce_input()))
-                job = render_reduce_job(self.owner, self.spec, "local", "results.json")
-                outcome = await self._run_job(job, "reduce", {"APWA_RESULTS_PATH": str(path)})
-                if outcome.succeeded:
-                    result = outcome.result
-                else:
-                    phase, reason = "Failed", "ReduceFailed"
-                    message = f"the reduce step failed: {outcome.message}"
-        if result is None and phase == "Succeeded":
-            result = self.agg.summary()
-        return build(
-            phase=phase,
-            reason=reason,
-            message=message,
-            generation=gen,
-            total=total,
-            active=0,
-            agg=self.agg,
-            start_time=start,
-            completion_time=now_iso(),
-            result=result,
+    def _world(self, children: ChildIndex, status: dict[str, Any]) -> World:
+        return World(
+            spec=self.spec,
+            plan=self.subtasks,
+            children=children,
+            outcomes=self.agg,
+            previous=status,
+            generation=self.workload.metadata.generation,
         )
+
+    def _execute(
+        self,
+        step: Step,
+        children: ChildIndex,
+        running: dict[asyncio.Task[Ended], int | None],
+        status: dict[str, Any],
+    ) -> tuple[dict[str, Any], bool]:
+        """Carry out a step with processes. Returns the status and whether it is final.
+        Suspending, TTLs and events have no local meaning and are skipped."""
+        final = False
+        for action in step.actions:
+            match action:
+                case RecordOutcomes(outcomes):
+                    for o in outcomes:
+                        self.agg.record(o)
+                case ReleaseJobs(jobs):
+                    for index, _, _ in jobs:
+                        children.release(index)
+                case CreateJobs(indices, resume_at):
+                    children.advance(resume_at)
+                    for i in indices:
+                        job = self.jobs[i]
+                        children.jobs[i] = JobState(name=job["metadata"]["name"])
+                        running[asyncio.create_task(self._run_job(job, str(i), {}))] = i
+                case StartReduce():
+                    running[asyncio.create_task(self._run_reduce())] = None
+                    children.reduce_job = JobState(name="reduce")
+                case WriteStatus(new_status, is_final):
+                    status, final = new_status, is_final
+        return status, final
+
+    async def _run_reduce(self) -> Ended:
+        path = self.tmp / "results.json"
+        path.write_text(json.dumps(self.agg.reduce_input()))
+        job = render_reduce_job(self.owner, self.spec, "local", "results.json")
+        return await self._run_job(job, "reduce", {"APWA_RESULTS_PATH": str(path)})
+
+    @staticmethod
+    def _observe(children: ChildIndex, index: int | None, job: JobState, pod: PodResult | None) -> None:
+        if index is None:
+            children.reduce_job, children.reduce_pod = job, pod
+            return
+        children.jobs[index] = job
+        if pod is not None:
+            children.pods[index] = pod
 
     def _kill_all(self) -> None:
         for p in list(self.procs):
@@ -273,6 +292,10 @@ def _read_outputs(result: Path, log: Path) -> tuple[str, str]:
     raw = log.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
     tail = "\n".join(raw.splitlines()[-LOG_TAIL_LINES:])
     return (result.read_text(errors="replace") if result.exists() else ""), tail
+
+
+def _ended(name: str, succeeded: bool, reason: str, message: str = "") -> JobState:
+    return JobState(name=name, finished=True, succeeded=succeeded, reason=reason, message=message)
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

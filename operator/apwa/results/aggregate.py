@@ -28,6 +28,16 @@ class SubtaskOutcome:
     job: str | None = None
 
 
+def failure_entry(o: SubtaskOutcome) -> dict[str, Any]:
+    """One failed subtask as status.failedSubtasks lists it, its message shortened."""
+    entry: dict[str, Any] = {"index": o.index, "reason": o.reason or "Failed", "message": tail(o.message)}
+    if o.job:
+        entry["job"] = o.job
+    if o.exit_code is not None:
+        entry["exitCode"] = o.exit_code
+    return entry
+
+
 @dataclass
 class Aggregate:
     """Everything known about finished subtasks. Recording the same index twice is a no-op, so a
@@ -59,16 +69,7 @@ class Aggregate:
 
     def failures(self, cap: int = FAILED_LIST_CAP) -> list[dict[str, Any]]:
         """The first `cap` failures by index, messages shortened: bounded whatever the scale."""
-        out = []
-        for i in self._failed_indices[:cap]:
-            o = self.outcomes[i]
-            entry: dict[str, Any] = {"index": i, "reason": o.reason or "Failed", "message": tail(o.message)}
-            if o.job:
-                entry["job"] = o.job
-            if o.exit_code is not None:
-                entry["exitCode"] = o.exit_code
-            out.append(entry)
-        return out
+        return [failure_entry(self.outcomes[i]) for i in self._failed_indices[:cap]]
 
     def results(self) -> list[dict[str, Any]]:
         """Every succeeded subtask's result, in index order."""

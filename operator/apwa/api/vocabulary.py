@@ -1,0 +1,81 @@
+"""The words of the API: phases, reasons, condition types, child roles, event types.
+
+Enums, so that a word is typed once and a typo fails at import rather than in a status that
+no client recognises (kopf's `Reason` enum exists for the same reason). They are `StrEnum`s:
+each member is its own string value, so they compare equal to what the API server returns and
+serialise as plain strings. `models.Phase` (the CRD's enum) is kept equal to `Phase` by a test.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PLANNING = "Planning"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    REDUCING = "Reducing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+IN_PROGRESS = frozenset({Phase.PENDING, Phase.PLANNING, Phase.RUNNING, Phase.REDUCING})
+FINISHED = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+# A stalled workload keeps these phases (it was doing something); any other shows as Pending.
+KEPT_WHEN_STALLED = frozenset({Phase.RUNNING, Phase.SUSPENDED, Phase.REDUCING})
+
+
+class Reason(StrEnum):
+    """Reasons of conditions and events (CamelCase, as Kubernetes writes them)."""
+
+    # progress
+    PLANNING = "Planning"
+    PLANNED = "Planned"
+    SUBTASKS_RUNNING = "SubtasksRunning"
+    SUSPENDED = "Suspended"
+    REDUCING = "Reducing"
+    # outcomes
+    ALL_SUBTASKS_FINISHED = "AllSubtasksFinished"
+    REDUCED = "Reduced"
+    TOO_MANY_FAILURES = "TooManyFailures"
+    REDUCE_FAILED = "ReduceFailed"
+    RESULT_TRUNCATED = "ResultTruncated"  # a subtask's or the reduce's message was cut by the kubelet
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    # stalls: the workload can't go on until a person changes something
+    INVALID_SPEC = "InvalidSpec"
+    PLANNING_FAILED = "PlanningFailed"
+    INVALID_TEMPLATE = "InvalidTemplate"
+    JOB_REJECTED = "JobRejected"
+    FORBIDDEN = "Forbidden"
+    NAME_CONFLICT = "NameConflict"
+    # the resting reasons of conditions that are False
+    IDLE = "Idle"
+    HEALTHY = "Healthy"
+    NOT_COMPLETE = "NotComplete"
+    NOT_FAILED = "NotFailed"
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+
+class Role(StrEnum):
+    """Value of the role label on everything a workload owns."""
+
+    SUBTASK = "subtask"
+    REDUCE = "reduce"
+    REDUCE_INPUT = "reduce-input"
+    RESULTS = "results"
+    PLAN = "plan"
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"

@@ -1,0 +1,71 @@
+"""The controller's decisions: pure functions from what is known (spec, plan, children,
+recorded outcomes, previous status, the time) to the next status and the actions that get
+there. The operator (controller/) executes the actions against the API server, the local
+runner (local/) against processes; neither decides anything on its own.
+"""
+
+from apwa.core.actions import (
+    Action,
+    CreateJobs,
+    DeleteWorkload,
+    PatchStatus,
+    PostEvent,
+    RecordOutcomes,
+    ReleaseJobs,
+    StartReduce,
+    Step,
+    SuspendJobs,
+    WriteStatus,
+)
+from apwa.core.children import ChildIndex, JobState, PodResult, outcome_of
+from apwa.core.decide import (
+    MAX_CREATING,
+    POD_GRACE_SECONDS,
+    RESYNC_SECONDS,
+    Stalled,
+    World,
+    collect,
+    decide,
+    event_message,
+    finished,
+    planning_status,
+    read_spec,
+    stalled,
+    without_times,
+)
+from apwa.core.planned import make_plan, stall_of
+from apwa.core.tally import Tally
+
+__all__ = [
+    "MAX_CREATING",
+    "POD_GRACE_SECONDS",
+    "RESYNC_SECONDS",
+    "Action",
+    "ChildIndex",
+    "CreateJobs",
+    "DeleteWorkload",
+    "JobState",
+    "PatchStatus",
+    "PodResult",
+    "PostEvent",
+    "RecordOutcomes",
+    "ReleaseJobs",
+    "Stalled",
+    "StartReduce",
+    "Step",
+    "SuspendJobs",
+    "Tally",
+    "World",
+    "WriteStatus",
+    "collect",
+    "decide",
+    "event_message",
+    "finished",
+    "make_plan",
+    "outcome_of",
+    "planning_status",
+    "read_spec",
+    "stall_of",
+    "stalled",
+    "without_times",
+]

@@ -1,0 +1,105 @@
+"""What the core asks its executor to do, in the order it must be done.
+
+The operator executes these against the API server, the local runner against processes.
+Order matters and is the list's: outcomes are stored before their Jobs are released (a TTL
+must never delete a Job whose result is not stored yet), the status is written once, and
+events are posted only after that write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apwa.api.vocabulary import EventType, Reason
+from apwa.results import SubtaskOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcomes:
+    """Record and durably store these outcomes (finished subtasks not recorded before)."""
+
+    outcomes: tuple[SubtaskOutcome, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJobs:
+    """Outcomes stored: forget these subtasks' children, and only now let each Job's TTL run.
+    Entries are (index, Job name, ttlSecondsAfterFinished or None)."""
+
+    jobs: tuple[tuple[int, str, int | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SuspendJobs:
+    """Set spec.suspend of these active Jobs, entries (index, Job name)."""
+
+    jobs: tuple[tuple[int, str], ...]
+    suspend: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreateJobs:
+    """Create the Jobs of these subtasks (in this order); the window stays within parallelism.
+    Once they are started, the next window resumes at `resume_at` (ChildIndex.advance)."""
+
+    indices: tuple[int, ...]
+    resume_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartReduce:
+    """Every subtask finished within the failure budget: hand all results to the reduce Job."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStatus:
+    """Write the whole status. `final` statuses go out at once, ignoring the write interval."""
+
+    status: dict[str, Any]
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PatchStatus:
+    """Merge-patch part of the status of a finished workload (observedGeneration)."""
+
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PostEvent:
+    type: EventType
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteWorkload:
+    """spec.ttlSecondsAfterFinished has passed."""
+
+
+Action = (
+    RecordOutcomes
+    | ReleaseJobs
+    | SuspendJobs
+    | CreateJobs
+    | StartReduce
+    | WriteStatus
+    | PatchStatus
+    | PostEvent
+    | DeleteWorkload
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The core's answer: actions to execute in order, and how soon to look again even if
+    nothing happens (late pods, TTLs, resyncs)."""
+
+    actions: tuple[Action, ...] = ()
+    wake_in: float = 0.0
+
+    def of(self, kind: type[Action]) -> list[Any]:
+        """The actions of one kind (for executors that batch, and for tests)."""
+        return [a for a in self.actions if isinstance(a, kind)]

@@ -1,0 +1,224 @@
+"""What the core knows of a workload's children: Job and Pod states, indexed by subtask.
+
+`JobState` and `PodResult` are extracted once from a watch event or a list; `ChildIndex` keeps
+the latest of each per subtask, fed by the operator's watches (or, for the local runner, by
+its processes). Pure bookkeeping: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass, field
+from typing import Any
+
+from apwa.api.vocabulary import Reason, Role
+from apwa.common.times import parse_iso
+from apwa.rendering import LABEL_INDEX, LABEL_ROLE
+from apwa.results import ResultTruncated, SubtaskOutcome, decode_result, message_budget
+
+# Kubernetes's words for finished Jobs (condition types) and pods (phases).
+JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
+POD_SUCCEEDED, POD_FAILED = "Succeeded", "Failed"
+# A Job killed by its deadline: the pod was killed too, its message adds nothing.
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+@dataclass
+class JobState:
+    name: str
+    finished: bool = False
+    succeeded: bool = False
+    reason: str = ""
+    message: str = ""
+    suspended: bool = False
+    finished_at: float | None = None  # epoch seconds, from the Job's condition
+    uid: str = ""
+
+    @classmethod
+    def from_body(cls, job: dict[str, Any]) -> JobState:
+        status = job.get("status") or {}
+        state = cls(
+            name=job["metadata"]["name"],
+            suspended=bool((job.get("spec") or {}).get("suspend")),
+            uid=job["metadata"].get("uid", ""),
+        )
+        for c in status.get("conditions") or []:
+            if c.get("status") != "True":
+                continue
+            if c.get("type") in (JOB_COMPLETE, JOB_FAILED):
+                state.finished = True
+                state.succeeded = c["type"] == JOB_COMPLETE
+                state.reason = c.get("reason") or c["type"]
+                state.message = c.get("message") or ""
+                state.finished_at = parse_iso(c.get("lastTransitionTime"))
+        return state
+
+
+@dataclass
+class PodResult:
+    """The termination of a pod's first (main) container."""
+
+    phase: str
+    exit_code: int | None
+    reason: str
+    message: str
+    budget: int | None = None  # bytes of a termination message the kubelet keeps in this pod
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == POD_SUCCEEDED
+
+    @classmethod
+    def from_body(cls, pod: dict[str, Any]) -> PodResult | None:
+        status = pod.get("status") or {}
+        phase = status.get("phase", "")
+        if phase not in (POD_SUCCEEDED, POD_FAILED):
+            return None
+        spec = pod.get("spec") or {}
+        containers = spec.get("containers") or [{}]
+        main = containers[0].get("name")
+        budget = message_budget(spec)
+        for cs in status.get("containerStatuses") or []:
+            if cs.get("name") == main:
+                term = (cs.get("state") or {}).get("terminated") or {}
+                return cls(phase, term.get("exitCode"), term.get("reason") or "", term.get("message") or "", budget)
+        return cls(phase, None, status.get("reason") or "", status.get("message") or "", budget)
+
+
+def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutcome:
+    """A finished subtask's outcome: the Job says whether, the pod's message says what."""
+    if job.succeeded:
+        try:
+            result = decode_result(pod.message, pod.budget) if pod else None
+        except ResultTruncated as e:  # never a success without its whole result
+            return SubtaskOutcome(index, False, reason=Reason.RESULT_TRUNCATED, message=str(e), job=job.name)
+        return SubtaskOutcome(index, True, result=result, job=job.name)
+    message = (pod.message.strip() if pod and pod.message.strip() else "") or job.message
+    return SubtaskOutcome(
+        index,
+        False,
+        reason=job.reason or JOB_FAILED,
+        message=message,
+        exit_code=pod.exit_code if pod else None,
+        job=job.name,
+    )
+
+
+def role_of(body: dict[str, Any]) -> str | None:
+    return (body["metadata"].get("labels") or {}).get(LABEL_ROLE)
+
+
+def index_of(body: dict[str, Any]) -> int:
+    return int(body["metadata"]["labels"][LABEL_INDEX])
+
+
+@dataclass(frozen=True, slots=True)
+class JobEffect:
+    changed: bool = False
+    finished: JobState | None = None  # the Job, when this event is the first to show it finished
+
+
+@dataclass
+class ChildIndex:
+    """The latest known state of every child that still matters.
+
+    Children of subtasks whose outcome is recorded are dropped: they can't change anything.
+    `cursor` is where the creation window resumes: every index below it is created, being
+    created or recorded. Losing a Job (deleted before its outcome was stored, or its creation
+    refused) moves it back, and `lost` remembers the index until the cursor next advances, so an
+    advance decided before the loss can't skip it.
+    """
+
+    jobs: dict[int, JobState] = field(default_factory=dict)
+    pods: dict[int, PodResult] = field(default_factory=dict)
+    reduce_job: JobState | None = None
+    reduce_pod: PodResult | None = None
+    cursor: int = 0
+    lost: set[int] = field(default_factory=set)
+
+    def job_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> JobEffect:
+        """Apply a watch event; say whether it matters (and whether a Job has just finished)."""
+        role = role_of(body)
+        if role == Role.REDUCE:
+            self.reduce_job = None if event_type == "DELETED" else JobState.from_body(body)
+            return JobEffect(changed=True)
+        if role != Role.SUBTASK:
+            return JobEffect()
+        index = index_of(body)
+        if index in recorded:
+            self.jobs.pop(index, None)
+            return JobEffect()
+        if event_type == "DELETED":
+            self.lose(index)  # created again, unless its outcome gets recorded first
+            return JobEffect(changed=True)
+        state = JobState.from_body(body)
+        old = self.jobs.get(index)
+        self.jobs[index] = state
+        return JobEffect(changed=True, finished=state if state.finished and not (old and old.finished) else None)
+
+    def pod_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> bool:
+        """Apply a watch event; True when it brought a result worth a step."""
+        if event_type == "DELETED":
+            return False  # the last state seen stays: a deleted pod's message is still its result
+        result = PodResult.from_body(body)
+        if result is None:
+            return False
+        if role_of(body) == Role.REDUCE:
+            if not (self.reduce_pod and self.reduce_pod.succeeded):
+                self.reduce_pod = result
+            return True
+        index = index_of(body)
+        if index in recorded:
+            return False
+        old = self.pods.get(index)
+        if not (old and old.succeeded):  # a retried pod's failure doesn't hide an earlier success
+            self.pods[index] = result
+        return True
+
+    def seed_job(self, body: dict[str, Any], recorded: Container[int]) -> None:
+        """A Job listed at start: what the watch already delivered is newer, and wins."""
+        if role_of(body) == Role.REDUCE:
+            self.reduce_job = self.reduce_job or JobState.from_body(body)
+            return
+        index = index_of(body)
+        if index not in recorded:
+            self.jobs.setdefault(index, JobState.from_body(body))
+
+    def seed_pod(self, body: dict[str, Any], recorded: Container[int]) -> None:
+        result = PodResult.from_body(body)
+        if result is None:
+            return
+        if role_of(body) == Role.REDUCE:
+            self.reduce_pod = self.reduce_pod or result
+            return
+        index = index_of(body)
+        if index not in recorded and not (index in self.pods and self.pods[index].succeeded):
+            self.pods[index] = result
+
+    def lose(self, index: int) -> None:
+        """This subtask has no Job any more (or never got one): it must be created again."""
+        self.jobs.pop(index, None)
+        self.cursor = min(self.cursor, index)
+        self.lost.add(index)
+
+    def advance(self, to: int) -> None:
+        """The creations a step decided have started: resume the window at `to`, or earlier
+        where a Job was lost since that step decided."""
+        self.cursor = min(to, *self.lost) if self.lost else to
+        self.lost.clear()
+
+    def forget_jobs_not_in(self, uids: set[str]) -> bool:
+        """After a relist: Jobs tracked but not listed are gone. True when any was."""
+        gone = [i for i, j in self.jobs.items() if j.uid and j.uid not in uids]
+        for i in gone:
+            self.lose(i)
+        return bool(gone)
+
+    def release(self, index: int) -> None:
+        """The outcome is stored: nothing about this subtask's children matters any more."""
+        self.jobs.pop(index, None)
+        self.pods.pop(index, None)
+
+    def clear(self) -> None:
+        self.jobs.clear()
+        self.pods.clear()

@@ -1,0 +1,348 @@
+"""The controller's decisions, as pure functions of what is known and the time handed in.
+
+`decide` is one step of a running workload: collect finished children into outcomes, release
+stored ones, follow spec.suspend, top up the creation window, start the reduce, and build the
+next status with the events it warrants. `finished`, `stalled` and `planning_status` cover the
+other states. None of them performs I/O or reads a clock: the operator and the local runner
+observe, call them, and execute the returned actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from apwa.api.models import ParallelWorkloadSpec
+from apwa.api.vocabulary import FINISHED, KEPT_WHEN_STALLED, ConditionType, EventType, Phase, Reason
+from apwa.common.times import format_iso, parse_iso
+from apwa.core.actions import (
+    Action,
+    CreateJobs,
+    DeleteWorkload,
+    PatchStatus,
+    PostEvent,
+    RecordOutcomes,
+    ReleaseJobs,
+    StartReduce,
+    Step,
+    SuspendJobs,
+    WriteStatus,
+)
+from apwa.core.children import DEADLINE_EXCEEDED, ChildIndex, outcome_of
+from apwa.core.tally import Tally
+from apwa.manifest import format_validation_error
+from apwa.planning import Subtask
+from apwa.results import Aggregate, ResultTruncated, SubtaskOutcome, decode_result
+from apwa.status import build
+
+# A finished Job whose pod has not been seen yet: wait this long for the pod before recording
+# the outcome without the pod's termination message.
+POD_GRACE_SECONDS = 15.0
+RESYNC_SECONDS = 30.0
+# Job creations in flight per workload (the API client bounds requests in flight overall).
+MAX_CREATING = 128
+FINISHED_RECHECK_SECONDS = 3600.0
+EVENT_MESSAGE_CAP = 1024
+
+
+class Stalled(Exception):
+    """The workload can't progress until something changes; the message says what."""
+
+    def __init__(self, reason: Reason, message: str, retry: float = 30.0) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.retry = reason, message, retry
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """Everything a step decides from. `previous` is the status as last read or written."""
+
+    spec: ParallelWorkloadSpec
+    plan: Sequence[Subtask]
+    children: ChildIndex
+    outcomes: Aggregate
+    previous: Mapping[str, Any]
+    generation: int | None = None
+    creating: Collection[int] = ()
+    results_ref: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The phase a step arrives at, and what it says about it."""
+
+    phase: Phase
+    reason: str  # a Reason, or the one a finished status already carries
+    message: str
+    result: Any = None
+    completion: str | None = None
+
+
+def read_spec(raw: Mapping[str, Any] | None) -> ParallelWorkloadSpec:
+    try:
+        return ParallelWorkloadSpec.model_validate(raw or {})
+    except ValidationError as e:
+        problems = "; ".join(format_validation_error(e, "spec"))
+        raise Stalled(Reason.INVALID_SPEC, f"the spec is invalid: {problems}", retry=300) from None
+
+
+# ---- a running workload --------------------------------------------------------------------
+def decide(w: World, now: float) -> Step:
+    new, retry = collect(w.children, w.outcomes, now)
+    tally = Tally(w.outcomes, new)
+    actions: list[Action] = []
+    if new:
+        actions.append(RecordOutcomes(tuple(new)))
+    released = _released(w, tally)
+    if released:
+        actions.append(ReleaseJobs(released))
+    active = [i for i, j in w.children.jobs.items() if not j.finished and i not in tally]
+    to_flip = tuple((i, w.children.jobs[i].name) for i in active if w.children.jobs[i].suspended != w.spec.suspend)
+    if to_flip:
+        actions.append(SuspendJobs(to_flip, w.spec.suspend))
+    allowed = w.spec.failure.allowed(len(w.plan))
+    failing = tally.failed > allowed
+    if not w.spec.suspend and not failing:
+        create, resume_at = _window(w, tally, len(active))
+        if create:
+            actions.append(CreateJobs(create, resume_at))
+    verdict = _verdict(w, tally, allowed, failing, len(active), now)
+    if verdict.phase == Phase.REDUCING and w.children.reduce_job is None:
+        actions += [StartReduce(), PostEvent(EventType.NORMAL, Reason.REDUCING, _REDUCE_STARTED)]
+    status = _status(w, tally, verdict, len(active), now)
+    actions.insert(_status_position(actions), WriteStatus(status, final=verdict.completion is not None))
+    if verdict.completion and not w.previous.get("completionTime"):
+        actions.append(_finished_event(verdict))
+    return Step(tuple(actions), wake_in=min(retry, RESYNC_SECONDS))
+
+
+_REDUCE_STARTED = "all subtasks finished; the reduce Job started"
+
+
+def collect(children: ChildIndex, recorded: Aggregate, now: float) -> tuple[list[SubtaskOutcome], float]:
+    """Outcomes of finished Jobs not recorded yet, and how soon to look again for late pods."""
+    out: list[SubtaskOutcome] = []
+    retry = RESYNC_SECONDS
+    for index, job in children.jobs.items():
+        if not job.finished or index in recorded.outcomes:
+            continue
+        pod = children.pods.get(index)
+        needs_pod = job.succeeded or job.reason != DEADLINE_EXCEEDED
+        if needs_pod and (pod is None or (job.succeeded and not pod.succeeded)):
+            waited = now - (job.finished_at if job.finished_at is not None else now)
+            if waited < POD_GRACE_SECONDS:
+                retry = min(retry, POD_GRACE_SECONDS - waited + 0.1)
+                continue
+        out.append(outcome_of(index, job, pod))
+    return out, retry
+
+
+def _released(w: World, tally: Tally) -> tuple[tuple[int, str, int | None], ...]:
+    """Jobs whose outcome is recorded (now or before): each with its template's TTL."""
+    return tuple(
+        (i, job.name, w.spec.templates[w.plan[i].template].ttl_seconds_after_finished)
+        for i, job in w.children.jobs.items()
+        if i in tally
+    )
+
+
+def _window(w: World, tally: Tally, active: int) -> tuple[tuple[int, ...], int]:
+    """Top the sliding window up: the next indices that have no Job, no creation, no outcome."""
+    creating = len(w.creating)
+    room = min(w.spec.parallelism - active - creating, MAX_CREATING - creating)
+    jobs, total = w.children.jobs, len(w.plan)
+    picked: list[int] = []
+    i = w.children.cursor
+    while room > 0 and i < total:
+        if i not in tally and i not in jobs and i not in w.creating:
+            picked.append(i)
+            room -= 1
+        i += 1
+    return tuple(picked), i
+
+
+def _verdict(w: World, tally: Tally, allowed: int, failing: bool, active: int, now: float) -> Verdict:
+    total = len(w.plan)
+    if failing:
+        message = f"{tally.failed} subtasks failed, more than the {allowed} allowed by spec.failurePolicy"
+        if active:
+            return Verdict(
+                Phase.FAILED, Reason.TOO_MANY_FAILURES, f"{message}; no new subtasks start, {active} still finishing"
+            )
+        return Verdict(Phase.FAILED, Reason.TOO_MANY_FAILURES, message, completion=_completion(w.previous, now))
+    if tally.finished == total:
+        return _all_finished(w, tally, now)
+    if w.spec.suspend:
+        message = f"suspended: {tally.finished}/{total} subtasks finished; set spec.suspend=false to resume"
+        return Verdict(Phase.SUSPENDED, Reason.SUSPENDED, message)
+    message = f"{tally.succeeded}/{total} subtasks succeeded, {tally.failed} failed, {active} active"
+    return Verdict(Phase.RUNNING, Reason.SUBTASKS_RUNNING, message)
+
+
+def _completion(previous: Mapping[str, Any], now: float) -> str:
+    return previous.get("completionTime") or format_iso(now)
+
+
+def _all_finished(w: World, tally: Tally, now: float) -> Verdict:
+    prev = w.previous
+    base = f"{tally.succeeded}/{len(w.plan)} subtasks succeeded"
+    if tally.failed:
+        base += f", {tally.failed} failed (within spec.failurePolicy)"
+    if prev.get("phase") in FINISHED:
+        # Decided before (the write of its completion time may have been lost): keep it.
+        return Verdict(
+            Phase(prev["phase"]),
+            _ready_reason(prev),
+            prev.get("message", base),
+            prev.get("result"),
+            prev.get("completionTime"),
+        )
+    if not (w.spec.results and w.spec.results.reduce):
+        return Verdict(Phase.SUCCEEDED, Reason.ALL_SUBTASKS_FINISHED, base, tally.merged().summary(), format_iso(now))
+    job, pod = w.children.reduce_job, w.children.reduce_pod
+    if job is None or not job.finished:
+        return Verdict(Phase.REDUCING, Reason.REDUCING, f"{base}; reducing")
+    if job.succeeded and pod is None:
+        return Verdict(Phase.REDUCING, Reason.REDUCING, f"{base}; collecting the reduce result")
+    if job.succeeded:
+        assert pod is not None
+        try:
+            result = decode_result(pod.message, pod.budget)
+        except ResultTruncated as e:
+            return Verdict(Phase.FAILED, Reason.RESULT_TRUNCATED, f"the reduce step's {e}", None, format_iso(now))
+        return Verdict(Phase.SUCCEEDED, Reason.REDUCED, base, result, format_iso(now))
+    detail = pod.message.strip() if pod else job.message
+    return Verdict(Phase.FAILED, Reason.REDUCE_FAILED, f"the reduce step failed: {detail}", None, format_iso(now))
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ConditionType.READY:
+            return str(c.get("reason", ""))
+    return ""
+
+
+def _status(w: World, tally: Tally, v: Verdict, active: int, now: float) -> dict[str, Any]:
+    prev = w.previous
+    result = v.result if v.result is not None else prev.get("result") if v.completion else None
+    return build(
+        phase=v.phase,
+        reason=v.reason,
+        message=v.message,
+        generation=w.generation,
+        total=len(w.plan),
+        active=active,
+        agg=tally,
+        previous=dict(prev),
+        start_time=prev.get("startTime") or format_iso(now),
+        completion_time=v.completion,
+        result=result,
+        results_ref=w.results_ref,
+        now=format_iso(now),
+    )
+
+
+def _status_position(actions: list[Action]) -> int:
+    """The status goes after every change to children and before every event."""
+    return next((n for n, a in enumerate(actions) if isinstance(a, PostEvent)), len(actions))
+
+
+def _finished_event(v: Verdict) -> PostEvent:
+    if v.phase == Phase.SUCCEEDED:
+        return PostEvent(EventType.NORMAL, Reason.SUCCEEDED, v.message)
+    return PostEvent(EventType.WARNING, Reason.FAILED, v.message)
+
+
+# ---- other states --------------------------------------------------------------------------
+def finished(spec: ParallelWorkloadSpec, status: Mapping[str, Any], generation: int | None, now: float) -> Step:
+    """A finished workload: nothing runs; acknowledge spec edits and apply its own TTL."""
+    actions: list[Action] = []
+    if generation is not None and status.get("observedGeneration") != generation:
+        # A spec edit after the end changes nothing, but kstatus readers (Argo CD, Flux) need
+        # to see that this generation was observed, or they wait forever.
+        conditions = [{**c, "observedGeneration": generation} for c in status.get("conditions") or []]
+        actions.append(PatchStatus({"observedGeneration": generation, "conditions": conditions}))
+    ttl = spec.ttl_seconds_after_finished
+    done = parse_iso(status.get("completionTime"))
+    if ttl is None or done is None:
+        return Step(tuple(actions), wake_in=FINISHED_RECHECK_SECONDS)
+    left = ttl - (now - done)
+    if left > 0:
+        return Step(tuple(actions), wake_in=left)
+    return Step((*actions, DeleteWorkload()), wake_in=FINISHED_RECHECK_SECONDS)
+
+
+def stalled(
+    e: Stalled,
+    *,
+    previous: Mapping[str, Any],
+    generation: int | None,
+    total: int,
+    active: int,
+    outcomes: Aggregate | None,
+    written: Mapping[str, Any] | None,
+    backoff: float,
+    now: float,
+) -> tuple[Step, float]:
+    """Report what blocks the workload, once per change, and back off while it stays blocked.
+
+    Returns the step and the next backoff: doubling from `backoff` up to the stall's own retry
+    (any change to the workload wakes the loop at once anyway)."""
+    phase = Phase(previous["phase"]) if previous.get("phase") in KEPT_WHEN_STALLED else Phase.PENDING
+    status = build(
+        phase=phase,
+        reason=e.reason,
+        message=e.message,
+        generation=generation,
+        total=total,
+        active=active,
+        agg=outcomes,
+        previous=dict(previous),
+        stalled=True,
+        start_time=previous.get("startTime"),
+        now=format_iso(now),
+    )
+    actions: tuple[Action, ...] = ()
+    if without_times(status) != written:
+        actions = (WriteStatus(status, final=True), PostEvent(EventType.WARNING, e.reason, e.message))
+    return Step(actions, wake_in=min(e.retry, backoff)), min(backoff * 2, e.retry)
+
+
+def planning_status(
+    previous: Mapping[str, Any], what: str, generation: int | None, now: float
+) -> dict[str, Any] | None:
+    """Phase Planning while a dynamic planner thinks (a model may take a minute), or None to
+    keep a Stalled condition from an earlier failure: it holds the reason to act on until a plan
+    is stored, rather than flapping Stalled -> Planning -> Stalled on every retry."""
+    if any(
+        c.get("type") == ConditionType.STALLED and c.get("status") == "True" for c in previous.get("conditions") or []
+    ):
+        return None
+    return build(
+        phase=Phase.PLANNING,
+        reason=Reason.PLANNING,
+        message=f"asking the {what} for subtasks",
+        generation=generation,
+        total=0,
+        active=0,
+        agg=None,
+        previous=dict(previous),
+        start_time=previous.get("startTime") or format_iso(now),
+        now=format_iso(now),
+    )
+
+
+def without_times(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A status minus its time stamps: two statuses equal here say the same thing."""
+    out = {k: v for k, v in status.items() if k not in ("startTime", "completionTime")}
+    out["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+    ]
+    return out
+
+
+def event_message(message: str) -> str:
+    return message[:EVENT_MESSAGE_CAP]
