@@ -9,6 +9,7 @@ from typing import Any
 
 from apwa import API_VERSION, KIND
 from apwa.api.models import Isolation, JobTemplate, ParallelWorkloadSpec
+from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
@@ -78,7 +79,7 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         "APWA_ITEM": item_json,
     }
     context = {"index": subtask.index, "count": count, "workload": owner.name, "item": subtask.item}
-    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: "subtask"}
+    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value}
     return _job(
         owner,
         spec,
@@ -104,8 +105,8 @@ def render_reduce_job(
         spec,
         name,
         spec.templates[name],
-        name=child_name(owner.name, "reduce"),
-        labels={LABEL_ROLE: "reduce"},
+        name=child_name(owner.name, Role.REDUCE.value),
+        labels={LABEL_ROLE: Role.REDUCE.value},
         env=env,
         context=context,
     )
