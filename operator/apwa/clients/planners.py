@@ -62,10 +62,9 @@ def _as_planning_errors() -> Iterator[None]:
         raise PlanningError(e.field, e.message) from None
 
 
-class HTTPPlanner(JsonClient):
-    """POST {workload, query, context, maxSubtasks, templates} -> {subtasks: [...]}."""
-
-    kind = "HTTP"
+class _Planning:
+    """What both planners know of the workload: its namespace, its template names, extra checks.
+    Mixed in before the HTTP client class, whose constructor takes the rest."""
 
     def __init__(
         self,
@@ -79,6 +78,12 @@ class HTTPPlanner(JsonClient):
         self.namespace = namespace
         self.templates = list(templates)
         self.check = check
+
+
+class HTTPPlanner(_Planning, JsonClient):
+    """POST {workload, query, context, maxSubtasks, templates} -> {subtasks: [...]}."""
+
+    kind = "HTTP"
 
     async def plan(self, spec: PlannerSpec, *, workload: str, context: str | None) -> list[Any]:
         request = PlanRequest(
@@ -127,21 +132,8 @@ def _json(resp: httpx.Response, url: str) -> Any:
         ) from None
 
 
-class OpenAIPlanner(ChatClient):
+class OpenAIPlanner(_Planning, ChatClient):
     """Chat completions with a built-in prompt; invalid answers are sent back for repair."""
-
-    def __init__(
-        self,
-        *,
-        namespace: str | None = None,
-        templates: Sequence[str] = ("default",),
-        check: Check | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(field=FIELD, **kwargs)
-        self.namespace = namespace
-        self.templates = list(templates)
-        self.check = check
 
     async def plan(self, spec: PlannerSpec, *, workload: str, context: str | None) -> list[Any]:
         url = spec.url.rstrip("/") + "/chat/completions"
