@@ -355,6 +355,21 @@ remove_network() {
     "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
   sysctl -qw net.ipv4.conf.all.route_localnet=0 2>/dev/null || true
+  remove_kubelet_chains
+}
+
+remove_kubelet_chains() { # what the kubelet adds to iptables (kube-proxy --cleanup leaves them)
+  local ipt table chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    while "$ipt" -t filter -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    while "$ipt" -t filter -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$table" -F "$chain" 2>/dev/null && "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
 }
 
 remove_netns() { # namespaces of our sandboxes that no process uses; stacked mounts unmounted first
