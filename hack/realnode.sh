@@ -328,6 +328,8 @@ drain() { # let the kubelet tear its pods down (CNI teardown included) while eve
   running kubelet && running containerd || return 0
   kctl get node "$node" >/dev/null 2>&1 || return 0
   log "deleting the pods on $node"
+  # Cordoned first: the pods of Deployments (CoreDNS, an operator) would come straight back.
+  kctl cordon "$node" >/dev/null 2>&1 || true
   kctl delete pods --all-namespaces --field-selector "spec.nodeName=$node" --grace-period=1 --wait=false >/dev/null 2>&1 || true
   wait_until 90 "the containers on $node to stop" pods_gone || log "some containers are still running: killing them"
 }
