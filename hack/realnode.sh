@@ -306,6 +306,7 @@ cmd_up() {
   write_kubelet_config
   start_kubelet
   wait_until "$timeout_s" "node $node Ready" node_ready || die "node $node not Ready (log: $rn/logs/kubelet.log)"
+  kctl uncordon "$node" >/dev/null 2>&1 || true # a Node object left by an interrupted 'down'
   # Self-registered nodes get no podCIDR here; the NetworkPolicy engine reads it.
   kctl patch node "$node" --type merge -p "{\"spec\":{\"podCIDR\":\"$pod_cidr\",\"podCIDRs\":[\"$pod_cidr\"]}}" >/dev/null 2>&1 || true
   start_kube_proxy
