@@ -47,6 +47,8 @@ elif case == "four-containers-emit-too-large":
     worker.emit("w" * 3500)
 elif case == "four-containers-cut":
     open(path, "wb").write(encode_result("v" * 3500, 1 << 20))
+elif case == "final-failure":
+    worker.fail("row 3 is not a CSV record", final=True)
 elif case == "crash":
     print("loading the model", flush=True)
     print("step 2 of 3: parsing the answer", flush=True)
@@ -61,11 +63,16 @@ CASES = [
     "four-containers-emit-too-large",
     "four-containers-cut",
     "crash",
+    "final-failure",
 ]
 
 
 def _container(name: str, image: str, command: list[str]) -> dict[str, Any]:
     return {"name": name, "image": image, "imagePullPolicy": "Never", "command": command}
+
+
+def _template(case: str) -> str:
+    return "four" if case.startswith("four") else "retrying" if case.startswith("final") else "default"
 
 
 def _workload(name: str, image: str, place: Any) -> dict[str, Any]:
@@ -75,8 +82,10 @@ def _workload(name: str, image: str, place: Any) -> dict[str, Any]:
         "default": {"podTemplate": {"spec": place({"containers": [main]})}},
         # Four containers share the pod's 12 KiB: 3072 bytes each.
         "four": {"podTemplate": {"spec": place({"containers": [main, *sidecars]})}},
+        # Retries allowed: a final failure must not use them.
+        "retrying": {"backoffLimit": 2, "podTemplate": {"spec": place({"containers": [main]})}},
     }
-    items = [{"case": c, "template": "four" if c.startswith("four") else "default"} for c in CASES]
+    items = [{"case": c, "template": _template(c)} for c in CASES]
     return {
         "apiVersion": "apwa.dev/v1alpha1",
         "kind": "ParallelWorkload",
@@ -102,7 +111,10 @@ def outcomes(incluster_operator: RealNode) -> Iterator[dict[str, dict[str, Any]]
         out = subprocess.run(
             [apwa, "results", "protocol", "-n", ns, "-o", "json"], capture_output=True, text=True, check=True
         ).stdout
-        yield {CASES[row["index"]]: row for row in json.loads(out)}
+        rows = {CASES[row["index"]]: row for row in json.loads(out)}
+        final_pods = node.get("-n", ns, "pods", "-l", f"apwa.dev/index={CASES.index('final-failure')}")["items"]
+        rows["final-failure"]["pods"] = len(final_pods)
+        yield rows
 
 
 def test_a_result_of_exactly_4096_bytes_arrives_whole(outcomes: dict[str, dict[str, Any]]) -> None:
@@ -140,3 +152,10 @@ def test_a_crash_reports_its_exit_code_and_log_tail(outcomes: dict[str, dict[str
     row = outcomes["crash"]
     assert not row["succeeded"] and row["exitCode"] == 3, row
     assert "step 2 of 3: parsing the answer" in row["message"], row
+
+
+def test_a_final_failure_is_not_retried(outcomes: dict[str, dict[str, Any]]) -> None:
+    row = outcomes["final-failure"]
+    assert not row["succeeded"] and row["exitCode"] == 86, row
+    assert (row["reason"], row["message"]) == ("Final", "row 3 is not a CSV record"), row
+    assert row["pods"] == 1, "backoffLimit 2 allowed two more pods; a final failure takes none"

@@ -166,6 +166,22 @@ def test_retries_use_backoff_limit(w: Workloads) -> None:
     assert len(pods) == 2  # the first try and one retry
 
 
+def test_a_final_failure_is_not_retried(w: Workloads) -> None:
+    # What apwa.worker.fail(..., final=True) leaves: its envelope and exit code 86; the rendered
+    # podFailurePolicy fails the Job at once, though backoffLimit would allow three more pods.
+    message = '{"apwa":1,"error":"not a CSV file","final":true}'
+    env = {"KWOK_OUTCOME": "fail", "KWOK_EXIT_CODE": "86", "KWOK_MESSAGE": message}
+    templates = {"default": {"podTemplate": pod_template(env), "backoffLimit": 3}}
+    w.create(workload("final", {"range": {"end": 1}}, templates=templates))
+    failed = w.wait_condition("final", "Failed", timeout=180)
+    entry = failed["status"]["failedSubtasks"][0]
+    assert (entry["reason"], entry["message"], entry["exitCode"]) == ("Final", "not a CSV file", 86)
+    job = w.batch.read_namespaced_job("final-0", w.ns)
+    assert any(c.type == "Failed" and c.reason == "PodFailurePolicy" for c in job.status.conditions)
+    pods = w.core.list_namespaced_pod(w.ns, label_selector="batch.kubernetes.io/job-name=final-0").items
+    assert len(pods) == 1  # no retry
+
+
 def test_suspend_and_resume(w: Workloads) -> None:
     w.create(workload("sus", {"range": {"end": 6}}, {"KWOK_DELAY_MS": "200"}, suspend=True))
     w.wait_phase("sus", "Suspended")

@@ -127,3 +127,21 @@ def test_a_cut_result_is_a_failure(message: str, containers: int, succeeded: boo
     assert (outcome.succeeded, outcome.reason) == (succeeded, reason)
     if not succeeded:
         assert "was cut" in outcome.message
+
+
+LIMIT = "BackoffLimitExceeded"
+
+
+@pytest.mark.parametrize(
+    ("message", "job_reason", "reason", "text"),
+    [
+        pytest.param('{"apwa":1,"error":"bad","final":true}', "PodFailurePolicy", "Final", "bad", id="final"),
+        pytest.param('{"apwa":1,"error":"flaky","final":false}', LIMIT, LIMIT, "flaky", id="not-final"),
+        pytest.param("ValueError: boom", LIMIT, LIMIT, "ValueError: boom", id="log-tail"),
+    ],
+)
+def test_failure_outcomes(message: str, job_reason: str, reason: str, text: str) -> None:
+    failed_job = JobState("w-1", finished=True, reason=job_reason)
+    pod = PodResult("Failed", 86, "Error", message)
+    outcome = outcome_of(1, failed_job, pod)
+    assert (outcome.succeeded, outcome.reason, outcome.message) == (False, reason, text)

@@ -229,3 +229,24 @@ def _alive(pid: int) -> bool:
 
 def test_crd_command_prints_checked_in_file() -> None:
     assert apwa("crd").stdout == (ROOT / "crds" / "apwa.dev_parallelworkloads.yaml").read_text()
+
+
+def test_a_final_failure_is_not_retried_locally(tmp_path: Path) -> None:
+    text = tmp_path / "w.yaml"
+    script = (
+        "import os; from apwa import worker; "
+        f"open('{tmp_path}/attempts-' + str(worker.index()), 'a').write('x'); "
+        "worker.fail('bad input', final=True) if worker.index() == 0 else worker.fail('flaky')"
+    )
+    text.write_text(
+        "apiVersion: apwa.dev/v1alpha1\nkind: ParallelWorkload\nmetadata: {name: t}\nspec:\n"
+        "  decomposition: {range: {end: 2}}\n  failurePolicy: {maxFailedSubtasks: 2}\n"
+        "  templates:\n    default:\n      backoffLimit: 2\n      podTemplate:\n        spec:\n"
+        f"          containers: [{{name: w, image: x, command: [python3, -c, {json.dumps(script)}]}}]\n"
+    )
+    r = apwa("run", "--local", "-q", str(text))
+    failed = {f["index"]: f for f in yaml.safe_load(r.stdout)["status"]["failedSubtasks"]}
+    assert (failed[0]["reason"], failed[0]["message"], failed[0]["exitCode"]) == ("Final", "bad input", 86)
+    assert failed[1]["reason"] == "BackoffLimitExceeded" and failed[1]["message"] == "flaky"
+    attempts = {i: len((tmp_path / f"attempts-{i}").read_text()) for i in (0, 1)}
+    assert attempts == {0: 1, 1: 3}  # the final one never retried; the other used its backoffLimit

@@ -76,6 +76,13 @@ def test_job_shape():
     assert env["APWA_INDEX"] == "1" and env["APWA_COUNT"] == "2" and env["APWA_WORKLOAD"] == "demo"
     assert env["APWA_ITEM"] == '{"path":"b.py"}' and env["APWA_RESULT_PATH"] == "/dev/termination-log"
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert env["APWA_RESULT_LIMIT"] == "4096"
+    # A final failure (exit 86 of the main container) fails the Job at once.
+    (rule,) = jspec["podFailurePolicy"]["rules"]
+    assert rule == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": c["name"], "operator": "In", "values": [86]},
+    }
 
 
 def test_no_owner_reference_offline():

@@ -3,12 +3,15 @@ import json
 import pytest
 from apwa import worker
 from apwa.results import (
+    FINAL_EXIT_CODE,
     MAX_RESULT_BYTES,
     Aggregate,
     ResultTooLarge,
     ResultTruncated,
     SubtaskOutcome,
+    decode_failure,
     decode_result,
+    encode_failure,
     encode_result,
     message_budget,
 )
@@ -171,3 +174,35 @@ def test_conditions_kstatus():
     assert cond2["Complete"]["status"] == "True" and cond2["Ready"]["status"] == "True"
     assert cond2["Stalled"]["lastTransitionTime"] == cond["Stalled"]["lastTransitionTime"]  # unchanged
     assert cond2["Ready"]["lastTransitionTime"] == "2030-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("message", "want"),
+    [
+        pytest.param('{"apwa":1,"error":"bad input","final":true}', ("bad input", True), id="final"),
+        pytest.param('{"apwa":1,"error":"model timed out","final":false}', ("model timed out", False), id="retryable"),
+        pytest.param('{"apwa":1,"error":"x"}', ("x", False), id="final-missing"),
+        pytest.param("Traceback ...\nValueError: boom", ("Traceback ...\nValueError: boom", False), id="log-tail"),
+        pytest.param('{"apwa":1,"error":"cut', ('{"apwa":1,"error":"cut', False), id="cut-envelope-kept-as-text"),
+        pytest.param(None, ("", False), id="no-message"),
+    ],
+)
+def test_decode_failure(message, want):
+    assert decode_failure(message) == want
+
+
+def test_encode_failure_fits_and_keeps_the_end():
+    data = encode_failure("noise " * 2000 + "the cause", final=True, limit=1024)
+    assert len(data) <= 1024
+    text, final = decode_failure(data.decode())
+    assert final and text.endswith("the cause") and text.startswith("...")
+
+
+@pytest.mark.parametrize("final", [True, False], ids=["final", "retryable"])
+def test_worker_fail(tmp_path, monkeypatch, final):
+    out = tmp_path / "result"
+    monkeypatch.setenv("APWA_RESULT_PATH", str(out))
+    with pytest.raises(SystemExit) as exit_info:
+        worker.fail("not a CSV file", final=final)
+    assert exit_info.value.code == (FINAL_EXIT_CODE if final else 1)
+    assert decode_failure(out.read_text()) == ("not a CSV file", final)

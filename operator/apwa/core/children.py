@@ -14,7 +14,7 @@ from typing import Any
 from apwa.api.vocabulary import Reason, Role
 from apwa.common.times import parse_iso
 from apwa.rendering import LABEL_INDEX, LABEL_ROLE
-from apwa.results import ResultTruncated, SubtaskOutcome, decode_result, message_budget
+from apwa.results import ResultTruncated, SubtaskOutcome, decode_failure, decode_result, message_budget
 
 # Kubernetes's words for finished Jobs (condition types) and pods (phases).
 JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
@@ -91,14 +91,14 @@ def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutco
         try:
             result = decode_result(pod.message, pod.budget) if pod else None
         except ResultTruncated as e:  # never a success without its whole result
-            return SubtaskOutcome(index, False, reason=Reason.RESULT_TRUNCATED, message=str(e), job=job.name)
+            return SubtaskOutcome(index, False, reason=Reason.RESULT_TRUNCATED.value, message=str(e), job=job.name)
         return SubtaskOutcome(index, True, result=result, job=job.name)
-    message = (pod.message.strip() if pod and pod.message.strip() else "") or job.message
+    text, final = decode_failure(pod.message if pod else None)
     return SubtaskOutcome(
         index,
         False,
-        reason=job.reason or JOB_FAILED,
-        message=message,
+        reason=Reason.FINAL.value if final else job.reason or JOB_FAILED,
+        message=text or job.message,
         exit_code=pod.exit_code if pod else None,
         job=job.name,
     )

@@ -37,7 +37,7 @@ from apwa.core import (
 from apwa.core.children import DEADLINE_EXCEEDED, JOB_COMPLETE, POD_FAILED, POD_SUCCEEDED
 from apwa.planning import Subtask
 from apwa.rendering import Owner, render_job, render_reduce_job
-from apwa.results import Aggregate
+from apwa.results import FINAL_EXIT_CODE, Aggregate
 
 LOG_TAIL_BYTES = 2048
 LOG_TAIL_LINES = 80
@@ -189,6 +189,8 @@ class LocalRunner:
             if attempt.timed_out:
                 # As on a cluster: the deadline kills the pod, the Job's message says why.
                 return _ended(name, False, DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({deadline_s}s) exceeded"), None
+            if attempt.exit_code == FINAL_EXIT_CODE:
+                break  # as the rendered podFailurePolicy does: a final failure is not retried
         assert attempt is not None
         # Locally "Error" when there were no retries: the process's own failure, not a limit.
         reason = "BackoffLimitExceeded" if limit else "Error"

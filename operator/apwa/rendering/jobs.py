@@ -13,7 +13,7 @@ from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
-from apwa.results.protocol import message_budget
+from apwa.results.protocol import FINAL_EXIT_CODE, message_budget
 
 LABEL_WORKLOAD = "apwa.dev/workload"
 LABEL_UID = "apwa.dev/workload-uid"
@@ -167,6 +167,17 @@ def _job(
     }
     if template.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = template.active_deadline_seconds
+    # A worker that marks its failure final (apwa.worker.fail(..., final=True)) exits with
+    # FINAL_EXIT_CODE: the Job fails at once instead of spending its backoffLimit on a hopeless retry.
+    main = pod_spec["containers"][0].get("name", "")
+    job_spec["podFailurePolicy"] = {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": main, "operator": "In", "values": [FINAL_EXIT_CODE]},
+            }
+        ]
+    }
     # No ttlSecondsAfterFinished here on purpose: the operator sets the template's TTL only after
     # it has stored the subtask's outcome, so a TTL can never delete an unrecorded result.
     meta = metadata(owner, name, labels)

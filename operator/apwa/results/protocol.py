@@ -23,6 +23,9 @@ MAX_RESULT_BYTES = 4096  # the kubelet's limit for one container's termination m
 MAX_POD_MESSAGE_BYTES = 12 * 1024  # shared by all containers of a pod
 ENVELOPE_VERSION = 1
 ENVELOPE_KEY = "apwa"
+# A worker that knows retrying is useless (bad input) exits with this code after writing a failure
+# envelope with "final": true; every rendered Job's podFailurePolicy fails at once on it.
+FINAL_EXIT_CODE = 86
 _ENVELOPE_PREFIX = '{"' + ENVELOPE_KEY + '":'
 
 
@@ -48,6 +51,30 @@ def encode_result(value: Any, limit: int = MAX_RESULT_BYTES) -> bytes:
             "Store large outputs elsewhere and return a reference to them."
         )
     return data
+
+
+def encode_failure(message: str, *, final: bool, limit: int = MAX_RESULT_BYTES) -> bytes:
+    """A failure envelope: {"apwa": 1, "error": message, "final": bool}. The message is text for
+    people, so it is shortened (keeping its end, where the cause usually is) to fit `limit`."""
+    text = message
+    while True:
+        data = _compact({ENVELOPE_KEY: ENVELOPE_VERSION, "error": text, "final": final}).encode()
+        if len(data) <= limit or not text:
+            return data
+        text = "..." + text[-max(len(text) - (len(data) - limit) - 8, 0) :]
+
+
+def decode_failure(message: str | None) -> tuple[str, bool]:
+    """A failed container's message for people, and whether the worker marked the failure final."""
+    text = (message or "").strip()
+    if text.startswith(_ENVELOPE_PREFIX):
+        try:
+            envelope = json.loads(text)
+        except json.JSONDecodeError:
+            return text, False
+        if isinstance(envelope, dict) and "error" in envelope:
+            return str(envelope["error"]), envelope.get("final") is True
+    return text, False
 
 
 def message_budget(pod_spec: dict[str, Any] | None) -> int:
