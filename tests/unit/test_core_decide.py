@@ -149,6 +149,18 @@ PHASES = [
         id="reduce-failed-pod-message",
     ),
     pytest.param(
+        world(
+            spec(reduce=True),
+            outcomes=all_ok(10),
+            reduce_job=failed(99, reason="PodFailurePolicy"),
+            reduce_pod=pod_failed(86, '{"apwa":1,"error":"no results to merge","final":true}'),
+        ),
+        Phase.FAILED,
+        Reason.REDUCE_FAILED,
+        "the reduce step failed: no results to merge",
+        id="reduce-failed-with-a-failure-envelope",
+    ),
+    pytest.param(
         world(spec(reduce=True), outcomes=all_ok(10), reduce_job=failed(99, reason="DeadlineExceeded", message="late")),
         Phase.FAILED,
         Reason.REDUCE_FAILED,

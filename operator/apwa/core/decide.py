@@ -35,7 +35,7 @@ from apwa.core.children import DEADLINE_EXCEEDED, ChildIndex, outcome_of
 from apwa.core.tally import Tally
 from apwa.manifest import format_validation_error
 from apwa.planning import Subtask
-from apwa.results import Aggregate, ResultTruncated, SubtaskOutcome, decode_result
+from apwa.results import Aggregate, ResultTruncated, SubtaskOutcome, decode_failure, decode_result
 from apwa.status import build
 
 # A finished Job whose pod has not been seen yet: wait this long for the pod before recording
@@ -214,7 +214,7 @@ def _all_finished(w: World, tally: Tally, now: float) -> Verdict:
         except ResultTruncated as e:
             return Verdict(Phase.FAILED, Reason.RESULT_TRUNCATED, f"the reduce step's {e}", None, format_iso(now))
         return Verdict(Phase.SUCCEEDED, Reason.REDUCED, base, result, format_iso(now))
-    detail = pod.message.strip() if pod else job.message
+    detail = (decode_failure(pod.message)[0] if pod else "") or job.message
     return Verdict(Phase.FAILED, Reason.REDUCE_FAILED, f"the reduce step failed: {detail}", None, format_iso(now))
 
 
