@@ -286,7 +286,8 @@ cmd_up() {
       die "no default ServiceAccount (logs: $cdir/logs/kube-controller-manager.log)"
     exec 9>&-
   fi
-  s3 start || die "the S3 server did not start (see above)"
+  # Not fatal: the tiers that do not use S3 go on; the s3_server fixture starts it again and fails there.
+  s3 start || log "WARNING: the S3 server did not start (see above); tests that need it will fail"
 
   if [ "$real_node" = 1 ]; then
     [ "$name" = apwa ] || die "the real node runs beside the default cluster only (APWA_CLUSTER_NAME=apwa)"
