@@ -24,6 +24,7 @@ RELEASE, OPERATOR_NS = "apwa", "apwa-system"
 # integration tier's own operator and this one never share a workload (tests/e2e/e2e_examples.py
 # names its namespaces so).
 E2E_PREFIX = "apwa-e2e-"
+STORE_SECRET = "apwa-e2e-s3"
 UP_TIMEOUT_S = float(os.environ.get("APWA_REAL_NODE_UP_TIMEOUT", "3000"))
 
 
@@ -112,6 +113,8 @@ def helm_install(node: RealNode, *, namespaces: list[str] | None) -> None:
     cmd += ["--namespace", OPERATOR_NS, "--create-namespace", "--kubeconfig", node.kubeconfig]
     cmd += ["--wait", "--timeout", "5m", "--set", f"image.repository={repo}", "--set", f"image.tag={tag}"]
     cmd += ["--set", "image.pullPolicy=Never", "--set-json", f"namespacePatterns={json.dumps(namespaces or [])}"]
+    # The one Secret the e2e tests' object stores use (tests/e2e/test_store_real.py).
+    cmd += ["--set-json", f"rbac.secretNames={json.dumps([STORE_SECRET])}"]
     run(cmd + placement, timeout=600)
 
 

@@ -234,3 +234,37 @@ def test_operator_killed_between_upload_and_record_loses_and_doubles_nothing(
     pods = w.core.list_namespaced_pod(w.ns, label_selector="apwa.dev/workload=kill").items
     by_index = {int(p.metadata.labels["apwa.dev/index"]): p.metadata.uid for p in pods}
     assert all(r["stored"]["key"].endswith("/" + by_index[r["index"]]) for r in refs)
+
+
+@pytest.mark.slow
+def test_ten_thousand_outcomes_of_100_kib(
+    w: Workloads, api: client.ApiClient, s3_server: S3Server, prefix: str, operator: OperatorProcess
+) -> None:
+    """The issue's full size: 10,000 subtasks, 100 KiB results (1 GB in the bucket), nothing in etcd."""
+    n, size = 10_000, 100 * KiB
+    _secret(w, s3_server.access_key, s3_server.secret_key)
+    with FakeSidecars(api, s3_server, w.ns, "huge", prefix, lambda _: size) as sidecars:
+        started = time.monotonic()
+        w.create(_stored_workload("huge", n, size, s3_server, prefix, parallelism=500))
+        done = w.wait_condition("huge", "Complete", timeout=3600)
+        elapsed = time.monotonic() - started
+        assert done["status"]["counts"]["succeeded"] == n
+        assert _result_config_maps(w) == []
+        wait_for(lambda: len(sidecars.uploaded) >= n, 1200, "every result uploaded")
+    started = time.monotonic()
+    count = total = 0
+    proc = subprocess.Popen([APWA, "results", "huge", "-n", w.ns, "-o", "jsonl"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        row = json.loads(line)
+        assert row["index"] == count and row["succeeded"]
+        count += 1
+        total += len(line)
+    assert proc.wait() == 0 and count == n
+    read = time.monotonic() - started
+    cli_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        f"\n{n} x {size // KiB} KiB: Complete in {elapsed:.0f} s; operator peak RSS {_rss_mib(operator):.0f} MiB; "
+        f"status {len(json.dumps(done['status']))} bytes; apwa results streamed {total / 1e9:.2f} GB in {read:.0f} s, "
+        f"peak RSS of the test's children {cli_rss:.0f} MiB"
+    )
