@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 REAL_NODE ?= 0
 
-.PHONY: install test test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images run bench bench-plan clean
+.PHONY: install test test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package run bench bench-plan clean
 
 install: $(VENV)/.installed
 
@@ -31,11 +31,13 @@ test-unit: install
 test-integration: install testenv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-## ruff, then the import contracts of .importlinter (the layering of docs/architecture.md).
+## ruff, the import contracts of .importlinter (the layering of docs/architecture.md), then
+## actionlint on .github/workflows (built from Go modules into the cache on first use, ~35 s).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	bash hack/actionlint.sh
 
 fmt: install
 	$(BIN)/ruff format .
@@ -59,8 +61,15 @@ testenv:
 testenv-real: images
 	bash hack/netpol.sh build >/dev/null
 
+## The images, built here without Docker (OCI archives in ~/.cache/apwa/images; see hack/images.sh).
 images:
 	bash hack/images.sh build
+
+## The chart as dist/apwa-<chart version>.tgz, with the helm of the test environment (what the
+## release workflow pushes to oci://ghcr.io/apwa-dev/charts).
+chart-package:
+	@helm_bin=$$(bash hack/testenv-build.sh helm | tail -n 1) && mkdir -p dist && \
+	  "$$helm_bin/helm" package charts/apwa --destination dist
 
 ## Start the local control plane; the last line is an export for your shell:
 ##   eval "$$(make -s cluster | tail -n 1)"
