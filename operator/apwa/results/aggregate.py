@@ -26,6 +26,7 @@ class SubtaskOutcome:
     message: str = ""
     exit_code: int | None = None
     job: str | None = None
+    failed_pods: int | None = None  # pods that failed and counted against backoffLimit
 
 
 def failure_entry(o: SubtaskOutcome) -> dict[str, Any]:
@@ -35,6 +36,8 @@ def failure_entry(o: SubtaskOutcome) -> dict[str, Any]:
         entry["job"] = o.job
     if o.exit_code is not None:
         entry["exitCode"] = o.exit_code
+    if o.failed_pods:
+        entry["failedPods"] = o.failed_pods
     return entry
 
 
