@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 REAL_NODE ?= 0
 
-.PHONY: install test test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package run bench bench-plan clean
+.PHONY: install test test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan clean
 
 install: $(VENV)/.installed
 
@@ -70,6 +70,15 @@ images:
 chart-package:
 	@helm_bin=$$(bash hack/testenv-build.sh helm | tail -n 1) && mkdir -p dist && \
 	  "$$helm_bin/helm" package charts/apwa --destination dist
+
+## Refresh images/requirements.lock (every image build installs it, hash-checked) with uv, pinned
+## here. uv, not pip-tools: it resolves for the images' Python (3.11, Linux) whatever interpreter
+## runs it (pip-compile resolves for the one it runs in), it is one wheel from PyPI, and it writes
+## the hashes of every wheel of each pinned version, so one lock serves amd64 and arm64.
+UV_VERSION ?= 0.13.9
+lock: install
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	UV=$(abspath $(BIN))/uv bash hack/images.sh lock
 
 ## Start the local control plane; the last line is an export for your shell:
 ##   eval "$$(make -s cluster | tail -n 1)"
