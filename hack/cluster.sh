@@ -3,9 +3,10 @@
 # binary runtime (real etcd, kube-apiserver, kube-controller-manager, kube-scheduler; kwok fakes the
 # nodes and pod lifecycles, see testenv/kwok-stages.yaml). No Docker, nothing downloaded.
 #
-#   hack/cluster.sh up       create (or reuse) the cluster; last stdout line is an export line:
+#   hack/cluster.sh up       create (or reuse) the cluster and its S3 server (hack/s3.sh); last stdout
+#                            line is an export line (KUBECONFIG, PATH and the APWA_S3_* settings):
 #                            eval "$(bash hack/cluster.sh up | tail -n 1)"
-#   hack/cluster.sh down     delete the cluster and its state (no error if there is none)
+#   hack/cluster.sh down     delete the cluster, its S3 server and their state (no error if there is none)
 #   hack/cluster.sh status   exit 0 if the cluster is running and its API server answers
 #   hack/cluster.sh env      print only the export line
 #
@@ -52,7 +53,13 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $nodes =~ ^[1-9][0-9]*$ ]] || die "APWA_CLUSTER_NODES must be a positive integer, got '$nodes'"
 [[ $timeout_s =~ ^[1-9][0-9]*$ ]] || die "APWA_CLUSTER_TIMEOUT must be a positive integer, got '$timeout_s'"
 [[ $name =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || die "APWA_CLUSTER_NAME must be a DNS label, got '$name'"
-export_line() { printf 'export KUBECONFIG=%q PATH=%q:$PATH\n' "$kc" "$bin"; }
+# KUBECONFIG first and PATH second (parsers rely on it), then hack/s3.sh env's variables.
+export_line() {
+  local s3
+  s3=$(bash "$here/hack/s3.sh" env)
+  printf 'export KUBECONFIG=%q PATH=%q:$PATH %s\n' "$kc" "$bin" "${s3#export }"
+}
+s3() { bash "$here/hack/s3.sh" "$@" 9>&-; }
 kctl() { "$bin/kubectl" --kubeconfig "$kc" --request-timeout=10s "$@"; }
 
 # Poll "$@" until it succeeds or $1 seconds pass.
@@ -139,12 +146,16 @@ EOF
 config_hash() { cat "$gen_conf" "$stages" | sha256sum | cut -d' ' -f1; echo "nodes=$nodes"; }
 
 exists() { [ -f "$cdir/kwok.yaml" ]; }
+# State of a half-created or half-deleted cluster: anything in $cdir but the S3 server's (hack/s3.sh
+# may run before the cluster exists; kwokctl creates a cluster beside it).
+leftovers() { [ -d "$cdir" ] && [ -n "$(ls -A "$cdir" | grep -vx s3)" ]; }
 
 healthy() {
   exists && [ -x "$bin/kubectl" ] && [ -f "$kc" ] && kctl get --raw /readyz >/dev/null 2>&1
 }
 
 kwokctl_delete() {
+  s3 stop || log "stopping the S3 server failed (continuing)" # its data lives in $cdir/s3
   if [ -x "$bin/kwokctl" ] && [ -d "$cdir" ]; then
     "$bin/kwokctl" --name "$name" delete cluster --kubeconfig "$kc" >&2 || log "kwokctl delete failed (continuing)"
   fi
@@ -172,8 +183,10 @@ cmd_down() {
   if [ "$name" = apwa ]; then
     KUBECTL="$bin/kubectl" APWA_BIN="$bin" bash "$here/hack/realnode.sh" down || log "real node cleanup failed (continuing)"
   fi
-  if ! exists && [ ! -d "$cdir" ]; then
+  if ! exists && ! leftovers; then
+    s3 stop || log "stopping the S3 server failed (continuing)"
     log "cluster $name is not running"
+    rm -rf "$cdir" # at most an S3 server's state (started without a cluster)
     rm -f "$kc" "$gen_conf"
     return 0
   fi
@@ -239,7 +252,7 @@ cmd_up() {
     elif exists && ! healthy; then
       log "cluster $name exists but does not answer: recreating it"
       kwokctl_delete
-    elif ! exists && [ -d "$cdir" ]; then
+    elif ! exists && leftovers; then
       log "removing half-created cluster state $cdir"
       kwokctl_delete
     fi
@@ -273,6 +286,8 @@ cmd_up() {
       die "no default ServiceAccount (logs: $cdir/logs/kube-controller-manager.log)"
     exec 9>&-
   fi
+  # Not fatal: the tiers that do not use S3 go on; the s3_server fixture starts it again and fails there.
+  s3 start || log "WARNING: the S3 server did not start (see above); tests that need it will fail"
 
   if [ "$real_node" = 1 ]; then
     [ "$name" = apwa ] || die "the real node runs beside the default cluster only (APWA_CLUSTER_NAME=apwa)"

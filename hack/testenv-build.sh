@@ -2,7 +2,8 @@
 # Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, and kubelet + kube-proxy for the real node, kwok, kwokctl) and the chart tools (helm, kubeconform) from Go modules only,
 # into a versioned cache directory outside the repo. A no-op when the binaries are there.
-# Prints the bin directory on its last line.
+# Prints the bin directory on its last line. Also builds the S3 server (versitygw, hack/s3.sh) into
+# its own versioned directory, $APWA_CACHE_DIR/s3-versitygw-<version>/bin.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../testenv/versions.env
@@ -98,10 +99,22 @@ build_kubeconform() {
   (cd "$mods/kubeconform" && go build -trimpath -ldflags "-s -w" -o "$bin/kubeconform" github.com/yannh/kubeconform/cmd/kubeconform)
 }
 
+# The S3 server of the test environment (hack/s3.sh runs it; same path formula there).
+build_versitygw() {
+  local out="$cache/s3-versitygw-$VERSITYGW_VERSION/bin/versitygw"
+  [ -x "$out" ] && return 0
+  init_simple_module versitygw "" "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  log "building versitygw $VERSITYGW_VERSION (about 2.5 min on 2 cores with a cold Go cache)"
+  mkdir -p "$(dirname "$out")"
+  (cd "$mods/versitygw" && go build -trimpath -ldflags "-s -w -X main.Version=$VERSITYGW_VERSION" \
+      -o "$out.tmp" github.com/versity/versitygw/cmd/versitygw)
+  mv "$out.tmp" "$out"
+}
+
 what=${1:-all}
 case "$what" in
-  all) build_etcd; build_kwok; build_helm; build_kubeconform; build_kube ;;
-  kube|etcd|kwok|helm|kubeconform) "build_$what" ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm|kubeconform]" >&2; exit 2 ;;
+  all) build_etcd; build_kwok; build_helm; build_kubeconform; build_versitygw; build_kube ;;
+  kube|etcd|kwok|helm|kubeconform|versitygw) "build_$what" ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|kubeconform|versitygw]" >&2; exit 2 ;;
 esac
 echo "$bin"

@@ -8,6 +8,11 @@ real node and one in-cluster operator:
   KUBECONFIG and PATH at it. With APWA_CLUSTER_STOP=1 the cluster is deleted at the end.
 * ``incluster_operator``: the Helm chart installed with the locally built operator image, running
   on the real node, handling the namespaces that start with ``real_node.E2E_PREFIX``.
+
+And for any tier:
+* ``s3_server``: the test environment's S3 server (hack/s3.sh; also started by hack/cluster.sh up),
+  an ``s3_env.S3Server`` (endpoint, node_endpoint, access_key, secret_key, bucket, region). Started
+  when it does not run; never stopped (hack/cluster.sh down does).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+import s3_env
 from real_node import E2E_PREFIX, OPERATOR_NS, RELEASE, ROOT, RealNode, bring_up, helm_install
 
 
@@ -42,3 +48,11 @@ def incluster_operator(real_node: RealNode) -> RealNode:
     helm_install(real_node, namespaces=[f"{E2E_PREFIX}*"])
     real_node.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=300s", timeout=320)
     return real_node
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> s3_env.S3Server:
+    try:
+        return s3_env.start()
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -25,6 +25,7 @@ from apwa.rendering import (
     render_job,
     render_network_policy,
 )
+from apwa.results import decode_value
 
 
 class CliError(Exception):
@@ -159,10 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    """Every stored outcome of a workload on the cluster, in index order (from its result ConfigMaps)."""
+    """Every stored outcome of a workload on the cluster, in index order, streamed: one chunk of
+    outcomes (and, with a store, one result) in memory at a time, whatever the workload's size."""
     from kubernetes import client, config
-
-    from apwa.controller.store import decode_outcome, read_payload
 
     try:
         config.load_kube_config(context=args.context)
@@ -171,38 +171,120 @@ def cmd_results(args: argparse.Namespace) -> int:
     except config.ConfigException as e:
         raise CliError(f"no usable kubeconfig: {e}") from None
     api = client.ApiClient()
-    core = client.CoreV1Api(api)
     try:
-        client.CustomObjectsApi(api).get_namespaced_custom_object(
+        workload = client.CustomObjectsApi(api).get_namespaced_custom_object(
             "apwa.dev", "v1alpha1", namespace, "parallelworkloads", args.workload
         )
-        selector = f"{LABEL_WORKLOAD}={label_value(args.workload)},{LABEL_ROLE}={Role.RESULTS}"
-        cms = core.list_namespaced_config_map(namespace, label_selector=selector).items
     except client.ApiException as e:
         if e.status == 404:
             raise CliError(f"ParallelWorkload {args.workload!r} not found in namespace {namespace!r}") from None
         raise CliError(f"the API server answered {e.status}: {e.reason}") from None
-    outcomes = {}
-    for cm in cms:
-        payload = read_payload(api.sanitize_for_serialization(cm))
-        for i, entry in json.loads(payload or b"{}").get("outcomes", {}).items():
-            outcomes[int(i)] = decode_outcome(int(i), entry)
-    rows = []
-    for i in sorted(outcomes):
-        o = outcomes[i]
-        if o.succeeded:
-            rows.append({"index": i, "succeeded": True, "result": o.result})
-        elif not args.succeeded_only:
-            rows.append(
-                {"index": i, "succeeded": False, "reason": o.reason, "message": o.message, "exitCode": o.exit_code}
-            )
-    if args.output == "jsonl":
-        for r in rows:
-            print(json.dumps(r, separators=(",", ":")))
+    ref = (workload.get("status") or {}).get("resultsRef") or {}
+    if ref.get("objectPrefix"):
+        rows = _stored_rows(api, namespace, workload, ref, resolve=not args.refs)
     else:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
+        rows = _config_map_rows(api, namespace, args.workload, ref)
+    _print_rows(rows, args.output, args.succeeded_only)
     return 0
+
+
+def _print_rows(rows: Any, output: str, succeeded_only: bool) -> None:
+    first = True
+    if output == "json":
+        sys.stdout.write("[")
+    for row in rows:
+        if succeeded_only and not row["succeeded"]:
+            continue
+        if output == "json":
+            sys.stdout.write(("\n  " if first else ",\n  ") + json.dumps(row, ensure_ascii=False))
+        else:
+            sys.stdout.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n")
+        first = False
+    if output == "json":
+        sys.stdout.write("]\n" if first else "\n]\n")
+    sys.stdout.flush()
+
+
+def _row(index: int, entry: dict[str, Any]) -> dict[str, Any]:
+    if entry.get("ok"):
+        if "stored" in entry:
+            return {"index": index, "succeeded": True, "stored": entry["stored"]}
+        return {"index": index, "succeeded": True, "result": entry.get("result")}
+    return {
+        "index": index,
+        "succeeded": False,
+        "reason": entry.get("reason", ""),
+        "message": entry.get("message", ""),
+        "exitCode": entry.get("exitCode"),
+    }
+
+
+def _config_map_rows(api: Any, namespace: str, name: str, ref: dict[str, Any]) -> Any:
+    from kubernetes import client
+
+    from apwa.controller.store import chunk_name, read_payload
+
+    core = client.CoreV1Api(api)
+    if "chunks" in ref and ref.get("configMapPrefix"):
+        names = [chunk_name(name, n) for n in range(int(ref["chunks"]))]
+    else:  # a status written before resultsRef existed: find the chunks by label
+        selector = f"{LABEL_WORKLOAD}={label_value(name)},{LABEL_ROLE}={Role.RESULTS}"
+        listed = core.list_namespaced_config_map(namespace, label_selector=selector).items
+        names = sorted((cm.metadata.name for cm in listed), key=lambda n: int(n.rsplit("-", 1)[1]))
+    for cm_name in names:
+        try:
+            cm = core.read_namespaced_config_map(cm_name, namespace)
+        except client.ApiException as e:
+            if e.status == 404:
+                continue  # a chunk nothing was recorded in yet
+            raise CliError(f"reading ConfigMap {cm_name}: the API server answered {e.status}: {e.reason}") from None
+        entries = json.loads(read_payload(api.sanitize_for_serialization(cm)) or b"{}").get("outcomes", {})
+        for i in sorted(entries, key=int):
+            yield _row(int(i), entries[i])
+
+
+def _stored_rows(api: Any, namespace: str, workload: dict[str, Any], ref: dict[str, Any], *, resolve: bool) -> Any:
+    """The outcome chunks from the bucket, one at a time, each result fetched as it is printed."""
+    import asyncio
+    import os
+
+    from kubernetes import client
+
+    from apwa.store.s3 import Bucket, Credentials, Location, StoreError
+
+    spec = ParallelWorkload.model_validate(workload).spec
+    assert spec.store is not None, "resultsRef names a bucket only for workloads with spec.store"
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        creds = Credentials.from_env()
+    else:
+        secret = spec.store.s3.credentials_secret
+        try:
+            data = client.CoreV1Api(api).read_namespaced_secret(secret, namespace).data or {}
+        except client.ApiException as e:
+            raise CliError(
+                f"reading Secret {secret!r} for the store's credentials: the API server answered {e.status}: "
+                f"{e.reason} (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            ) from None
+        creds = Credentials.from_secret_data(data, secret)
+    bucket = Bucket(Location.from_spec(spec.store.s3), creds)
+    loop = asyncio.new_event_loop()
+    try:
+        for chunk in range(int(ref.get("chunks", 0))):
+            key = f"{ref['objectPrefix']}{chunk:06d}.json"
+            raw = loop.run_until_complete(bucket.get(key))
+            entries = json.loads(raw).get("outcomes", {}) if raw else {}
+            for i in sorted(entries, key=int):
+                row = _row(int(i), entries[i])
+                if resolve and "stored" in row:
+                    data = loop.run_until_complete(bucket.get(row["stored"]["key"]))
+                    if data is None:
+                        raise CliError(f"subtask {i}: result object {row['stored']['key']} is missing")
+                    row = {"index": row["index"], "succeeded": True, "result": decode_value(data)}
+                yield row
+    except StoreError as e:
+        raise CliError(e.message) from None
+    finally:
+        loop.close()
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -247,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--context", help="kubeconfig context")
     res.add_argument("-o", "--output", choices=["json", "jsonl"], default="json")
     res.add_argument("--succeeded-only", action="store_true", help="leave out failed subtasks")
+    res.add_argument(
+        "--refs", action="store_true", help="with a store: print each stored result's reference, not its value"
+    )
     res.set_defaults(func=cmd_results)
 
     o = sub.add_parser("operator", help="run the operator against the current kubeconfig or in cluster")

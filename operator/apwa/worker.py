@@ -2,11 +2,17 @@
 
     from apwa import worker
     item = worker.item()                       # this subtask's item (any JSON value)
-    worker.emit({"lines": 42})                 # the result; at most 4 KiB as an envelope
+    worker.emit({"lines": 42})                 # the result (4 KiB at most, unless there is a store)
     worker.fail("not a CSV file", final=True)  # or give up: final = don't retry
 
-A reduce step reads every result with `worker.results()`. Nothing here needs a cluster: the
-operator and `apwa run --local` both pass the same environment variables.
+A reduce step reads every result with `worker.results()` (or `worker.iter_results()`, one at a
+time, for results that don't fit in memory together). Nothing here needs a cluster: the operator
+and `apwa run --local` both pass the same environment variables.
+
+With an object store (spec.store) the operator sets $APWA_OUTPUT_PATH: a result too big for the
+termination message is written there, and the pod's store sidecar uploads it once this container
+has exited. Workers in other languages do the same: write the result (JSON, or text) to
+$APWA_OUTPUT_PATH and exit 0.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import gzip
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from apwa.results.protocol import FINAL_EXIT_CODE, MAX_RESULT_BYTES, encode_failure, encode_result
+from apwa.results.protocol import FINAL_EXIT_CODE, MAX_RESULT_BYTES, ResultTooLarge, encode_failure, encode_result
 
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 
@@ -40,11 +47,29 @@ def workload() -> str:
 
 
 def emit(value: Any) -> None:
-    """Report this subtask's result, in the envelope of apwa.results.protocol. Raises ResultTooLarge
-    (and writes nothing) when the kubelet would not keep it whole: 4 KiB, less in pods with more
-    than three containers (the operator passes the limit as APWA_RESULT_LIMIT)."""
-    data = encode_result(value, int(os.environ.get("APWA_RESULT_LIMIT", MAX_RESULT_BYTES)))
+    """Report this subtask's result, in the envelope of apwa.results.protocol.
+
+    Small results go into the termination message. Without a store, a result the kubelet would
+    not keep whole (4 KiB, less in pods with more than three containers: the operator passes the
+    limit as APWA_RESULT_LIMIT) raises ResultTooLarge and writes nothing. With a store it is
+    written to $APWA_OUTPUT_PATH instead, for the store sidecar to upload."""
+    limit = int(os.environ.get("APWA_RESULT_LIMIT", MAX_RESULT_BYTES))
+    output = os.environ.get("APWA_OUTPUT_PATH")
+    try:
+        data = encode_result(value, limit)
+    except ResultTooLarge:
+        if not output:
+            raise
+        _write_atomically(Path(output), json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        return
     Path(os.environ.get("APWA_RESULT_PATH", DEFAULT_RESULT_PATH)).write_bytes(data)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """The sidecar must never upload half a file: write aside, then rename."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def fail(message: str, *, final: bool = False) -> NoReturn:
@@ -60,7 +85,37 @@ def fail(message: str, *, final: bool = False) -> NoReturn:
 def results() -> dict[str, Any]:
     """For a reduce step: {total, succeeded, failed: [indices], results: [{index, result}]}."""
     path = Path(os.environ["APWA_RESULTS_PATH"])
+    if path.suffix == ".jsonl":
+        out: dict[str, Any] = {"total": count(), "succeeded": 0, "failed": [], "results": []}
+        for row in iter_outcomes():
+            if row.get("ok"):
+                out["results"].append({"index": row["index"], "result": row.get("result")})
+            else:
+                out["failed"].append(row["index"])
+        out["succeeded"] = len(out["results"])
+        return out
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":  # large result sets are stored gzip-compressed
         raw = gzip.decompress(raw)
     return json.loads(raw)
+
+
+def iter_results() -> Iterator[tuple[int, Any]]:
+    """For a reduce step: (index, result) of every succeeded subtask in index order, one at a time."""
+    path = Path(os.environ["APWA_RESULTS_PATH"])
+    if path.suffix != ".jsonl":
+        for r in results()["results"]:
+            yield r["index"], r["result"]
+        return
+    for row in iter_outcomes():
+        if row.get("ok"):
+            yield row["index"], row.get("result")
+
+
+def iter_outcomes() -> Iterator[dict[str, Any]]:
+    """Every outcome the reduce step received, as the store holds it: {"index", "ok", "result"} or
+    {"index", "ok": false, "reason", "message"}; only with a store (a .jsonl results file)."""
+    with Path(os.environ["APWA_RESULTS_PATH"]).open() as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)

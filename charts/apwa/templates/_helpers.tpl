@@ -62,8 +62,9 @@ holds the same list with the code each rule serves, and fails on any difference)
 - configmaps: create/update (result chunks, reduce input), get (configMapRef plans), list (load).
 - networkpolicies: create (one isolation policy per workload).
 - events: create (the operator's and kopf's events on the workload).
-- secrets: get, only the Secrets named in rbac.plannerSecretNames (planner API keys,
-  spec.decomposition.planner.apiKeySecretRef); none by default.
+- secrets: get, only the Secrets named in rbac.secretNames (and its older name
+  rbac.plannerSecretNames): planner API keys (spec.decomposition.planner.apiKeySecretRef) and
+  object store credentials (spec.store.s3.credentialsSecret); none by default.
 */}}
 {{- define "apwa.namespacedRules" -}}
 - apiGroups: ["apwa.dev"]
@@ -90,7 +91,7 @@ holds the same list with the code each rule serves, and fails on any difference)
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- with .Values.rbac.plannerSecretNames }}
+{{- with (concat .Values.rbac.secretNames .Values.rbac.plannerSecretNames | uniq) }}
 - apiGroups: [""]
   resources: ["secrets"]
   resourceNames: {{ toJson . }}

@@ -404,6 +404,89 @@ class Isolation(Model):
         return self
 
 
+class S3Location(Model):
+    """An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, versitygw, GCS in S3 mode, ...)."""
+
+    bucket: str = Field(min_length=3, max_length=63, description="Bucket name; it must exist.")
+    prefix: str = Field(
+        "",
+        max_length=512,
+        pattern=r"^([^/].*/)?$",
+        description="Key prefix for everything this workload stores; empty or ending in '/', no leading '/'.",
+    )
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^/]+/?$",
+        description="http(s)://host[:port] of an S3-compatible server; unset: AWS S3 in `region`.",
+    )
+    region: str = Field("us-east-1", min_length=1, description="Region (signing region for other servers).")
+    path_style: bool = Field(
+        False,
+        description="Path-style requests (endpoint/bucket/key) instead of virtual-hosted ones "
+        "(bucket.endpoint/key); most self-hosted S3-compatible servers need true.",
+    )
+    credentials_secret: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Secret in the workload's namespace with keys accessKeyId and secretAccessKey (and optionally "
+        "sessionToken). Only the operator and the injected store sidecars read it; subtask containers never see it. "
+        "The operator must be allowed to read it: chart value rbac.secretNames.",
+    )
+
+
+class StoreEgress(Model):
+    """How subtask pods reach the store: NetworkPolicy has no host names, so name its pods or its address."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.cidr) != (has(self.podSelector) || has(self.namespaceSelector))",
+                    "give either cidr or podSelector/namespaceSelector",
+                ),
+            ]
+        }
+    )
+    pod_selector: dict[str, Any] | None = Field(
+        None,
+        description="Label selector of the store's pods (a NetworkPolicy peer).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    namespace_selector: dict[str, Any] | None = Field(
+        None,
+        description="Label selector of the store's namespace; unset with podSelector: the workload's namespace.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    cidr: str | None = Field(None, min_length=1, description="The store's address block, e.g. 10.0.5.20/32.")
+    ports: list[EgressPort] | None = Field(None, description="The store's ports; all ports when empty.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StoreEgress:
+        if (self.cidr is None) == (self.pod_selector is None and self.namespace_selector is None):
+            raise ValueError("give either cidr or podSelector/namespaceSelector")
+        return self
+
+
+class StoreSpec(Model):
+    """An object store for what does not belong in etcd: subtask results of any size (up to
+    MAX_STORED_RESULT_BYTES), every subtask's outcome, and the reduce step's input."""
+
+    s3: S3Location
+    egress: list[StoreEgress] | None = Field(
+        None,
+        max_length=8,
+        description="NetworkPolicy egress rules that let subtask pods reach the store (added to spec.isolation's). "
+        "For a store named only by a host name outside the cluster, give its addresses as cidr rules.",
+    )
+    upload_timeout_seconds: int = Field(
+        300,
+        ge=10,
+        le=3600,
+        description="How long a subtask pod's store sidecar keeps retrying its upload after the main container "
+        "ended (the pod's termination grace period).",
+    )
+
+
 class ReduceSpec(Model):
     """A reduce Job that receives all collected results once every subtask has finished."""
 
@@ -450,6 +533,13 @@ class ParallelWorkloadSpec(Model):
     failure_policy: FailurePolicy | None = None
     isolation: Isolation | None = None
     results: ResultsSpec | None = None
+    store: StoreSpec | None = Field(
+        None,
+        description="An S3-compatible object store for large results and for the outcomes (instead of "
+        "ConfigMaps in etcd). Unset: results travel in termination messages (4 KiB) and outcomes in ConfigMaps. "
+        "Immutable.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "store is immutable once set")]},
+    )
     suspend: bool = Field(False, description="Stop starting Jobs and suspend active ones; false resumes.")
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the workload (and everything it made) this long after it finished."
@@ -507,12 +597,17 @@ class FailedSubtask(Model):
 
 
 class ResultsRef(Model):
-    """Where every subtask's outcome is kept: ConfigMaps `<configMapPrefix><n>` for n < chunks,
-    owned by the workload, each holding up to 200 outcomes under `key` (gzip in binaryData when large)."""
+    """Where every subtask's outcome is kept. Without a store: ConfigMaps `<configMapPrefix><n>` for
+    n < chunks, owned by the workload, each holding up to 200 outcomes under `key` (gzip in
+    binaryData when large). With one: objects `<objectPrefix><n>.json` in `bucket` (n zero-padded
+    to 6 digits), each up to 1,000 outcomes."""
 
-    config_map_prefix: str
+    config_map_prefix: str | None = None
     chunks: int = 0
-    key: str = "results.json"
+    key: str | None = None
+    bucket: str | None = None
+    object_prefix: str | None = None
+    chunk_size: int | None = None
 
 
 Phase = Literal["Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"]

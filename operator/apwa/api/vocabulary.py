@@ -43,6 +43,7 @@ class Reason(StrEnum):
     REDUCE_FAILED = "ReduceFailed"
     RESULT_TRUNCATED = "ResultTruncated"  # a subtask's or the reduce's message was cut by the kubelet
     FINAL = "Final"  # the worker said retrying cannot help (apwa.worker.fail(..., final=True))
+    STORE_FAILED = "StoreFailed"  # the store sidecar could not upload a subtask's result
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     # stalls: the workload can't go on until a person changes something
@@ -52,6 +53,9 @@ class Reason(StrEnum):
     JOB_REJECTED = "JobRejected"
     FORBIDDEN = "Forbidden"
     NAME_CONFLICT = "NameConflict"
+    STORE_UNAVAILABLE = "StoreUnavailable"  # network or server errors: waits and resumes by itself
+    STORE_ACCESS_DENIED = "StoreAccessDenied"  # the Secret is missing, unreadable, or its keys refused
+    STORE_NOT_FOUND = "StoreNotFound"  # no such bucket
     # the resting reasons of conditions that are False
     IDLE = "Idle"
     HEALTHY = "Healthy"

@@ -172,7 +172,8 @@ async def _api_key(ctx: PlanContext, p: PlannerSpec) -> tuple[str | None, str | 
             raise PlanningError(
                 field,
                 f"the operator may not read Secret {ref.name!r} in namespace {ctx.namespace!r}: "
-                "grant its ServiceAccount get on secrets",
+                "add it to the chart value rbac.secretNames "
+                f"(helm upgrade ... --set 'rbac.secretNames={{{ref.name}}}')",
             ) from None
         raise
     if secret is None:

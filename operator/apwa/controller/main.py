@@ -26,6 +26,8 @@ def run_operator(args: argparse.Namespace) -> int:
     REGISTRY.settings.namespaces = namespaces
     if args.max_subtasks:
         REGISTRY.settings.max_subtasks = args.max_subtasks
+    if os.environ.get("APWA_STORE_SIDECAR_IMAGE"):
+        REGISTRY.settings.sidecar_image = os.environ["APWA_STORE_SIDECAR_IMAGE"]
     interval = os.environ.get("APWA_STATUS_INTERVAL")
     if interval:
         REGISTRY.settings.status_interval = float(interval)

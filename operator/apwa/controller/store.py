@@ -1,10 +1,12 @@
-"""Durable results: every finished subtask's outcome, in ConfigMaps owned by the workload.
+"""Durable results: every finished subtask's outcome, in chunks owned by the workload.
 
-Results are chunked (CHUNK subtasks per ConfigMap) so that a write only rewrites the chunk that
-changed, no ConfigMap can pass the 1 MiB object limit (CHUNK x 4 KiB results < 1 MiB), and memory
-holds only the chunks that are still filling. A chunk is gzip-compressed (binaryData) when large.
-The store is the operator's memory across restarts: an outcome that is in a chunk is never
-collected twice, and a subtask Job's TTL is applied only after its outcome is stored here.
+Without an object store the chunks are ConfigMaps (CHUNK subtasks each, so that a write only
+rewrites the chunk that changed and no ConfigMap can pass the 1 MiB object limit: CHUNK x 4 KiB
+results < 1 MiB; gzip-compressed in binaryData when large). With one (spec.store) they are
+objects in the bucket (OUTCOME_CHUNK subtasks each), and etcd holds no outcome at all. Memory
+holds only the chunks that are still filling. The store is the operator's memory across
+restarts: an outcome that is in a chunk is never collected twice, and a subtask Job's TTL is
+applied only after its outcome is stored here.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import asyncio
 import base64
 import gzip
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
 
-from apwa.api.vocabulary import Role
-from apwa.kube.client import Kube, ns_path
+from apwa.api.models import StoreSpec
+from apwa.api.vocabulary import Reason, Role
+from apwa.core import Stalled
+from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.rendering import LABEL_ROLE, LABEL_UID, Owner, child_name
 from apwa.rendering.jobs import metadata
 from apwa.results import SubtaskOutcome
+from apwa.results.keys import OUTCOME_CHUNK, outcome_chunk_key, outcomes_prefix
+from apwa.store.s3 import Bucket, Credentials, Location, StoreError
 
 CHUNK = 200
 KEY = "results.json"
@@ -34,7 +40,7 @@ def chunk_name(workload: str, chunk: int) -> str:
 
 def encode_outcome(o: SubtaskOutcome) -> dict[str, Any]:
     if o.succeeded:
-        return {"ok": True, "result": o.result}
+        return {"ok": True, "stored": o.stored} if o.stored is not None else {"ok": True, "result": o.result}
     entry: dict[str, Any] = {"ok": False, "reason": o.reason, "message": o.message}
     if o.exit_code is not None:
         entry["exitCode"] = o.exit_code
@@ -45,7 +51,7 @@ def encode_outcome(o: SubtaskOutcome) -> dict[str, Any]:
 
 def decode_outcome(index: int, entry: dict[str, Any]) -> SubtaskOutcome:
     if entry.get("ok"):
-        return SubtaskOutcome(index, True, result=entry.get("result"))
+        return SubtaskOutcome(index, True, result=entry.get("result"), stored=entry.get("stored"))
     return SubtaskOutcome(
         index,
         False,
@@ -72,41 +78,165 @@ def read_payload(cm: dict[str, Any]) -> bytes:
     return ((cm.get("data") or {}).get(KEY) or "").encode()
 
 
-class ResultStore:
-    def __init__(self, kube: Kube, owner: Owner, total: int) -> None:
-        self.kube = kube
-        self.owner = owner
-        self.total = total
-        self.chunks = (total + CHUNK - 1) // CHUNK
-        self._open: dict[int, dict[str, dict[str, Any]]] = {}  # chunk -> index -> outcome entry
-        self._dirty: set[int] = set()
+class Chunks(Protocol):
+    """Where chunks of outcomes are kept: ConfigMaps, or objects in a bucket."""
+
+    size: int
+
+    def listing(self) -> AsyncIterator[tuple[int, bytes]]: ...
+
+    async def write(self, chunk: int, payload: bytes) -> None: ...
+
+    def ref(self, chunks: int) -> dict[str, Any]: ...
+
+
+class ConfigMapChunks:
+    size = CHUNK
+
+    def __init__(self, kube: Kube, owner: Owner) -> None:
+        self.kube, self.owner = kube, owner
         self._exists: set[int] = set()
-        self._lock = asyncio.Lock()
 
     def _path(self, name: str | None = None) -> str:
         assert self.owner.namespace
         return ns_path("v1", self.owner.namespace, "configmaps", name)
 
-    def _selector(self) -> str:
-        return f"{LABEL_UID}={self.owner.uid},{LABEL_ROLE}={Role.RESULTS}"
+    async def listing(self) -> AsyncIterator[tuple[int, bytes]]:
+        selector = f"{LABEL_UID}={self.owner.uid},{LABEL_ROLE}={Role.RESULTS}"
+        async for cm in self.kube.list(self._path(), labelSelector=selector):
+            chunk = int(cm["metadata"]["labels"].get(LABEL_CHUNK, "-1"))
+            self._exists.add(chunk)
+            yield chunk, read_payload(cm)
+
+    async def write(self, chunk: int, payload: bytes) -> None:
+        name = chunk_name(self.owner.name, chunk)
+        body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.RESULTS, LABEL_CHUNK: str(chunk)})
+        if chunk not in self._exists:
+            created, _ = await self.kube.create(self._path(), body)
+            self._exists.add(chunk)
+            if created:
+                return
+        # Unconditional replace: this operator is the only writer of its workload's chunks.
+        await self.kube.put(self._path(name), body)
+
+    def ref(self, chunks: int) -> dict[str, Any]:
+        return {"configMapPrefix": child_name(self.owner.name, "results-"), "chunks": chunks, "key": KEY}
+
+
+class ObjectChunks:
+    """Chunks as objects `<root>outcomes/<n>.json`. A PUT replaces an object whole, and is
+    visible only once complete, so a reader never sees half a chunk."""
+
+    size = OUTCOME_CHUNK
+
+    def __init__(self, bucket: Bucket, root: str) -> None:
+        self.bucket, self.root = bucket, root
+
+    async def listing(self) -> AsyncIterator[tuple[int, bytes]]:
+        async for key, _ in _store_call(self.bucket.keys(outcomes_prefix(self.root))):
+            data = await _store_await(self.bucket.get(key))
+            if data is not None:
+                yield int(key.rsplit("/", 1)[1].split(".")[0]), data
+
+    async def write(self, chunk: int, payload: bytes) -> None:
+        await _store_await(self.bucket.put(outcome_chunk_key(self.root, chunk), payload))
+
+    def ref(self, chunks: int) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket.where.bucket,
+            "objectPrefix": outcomes_prefix(self.root),
+            "chunks": chunks,
+            "chunkSize": self.size,
+        }
+
+
+def store_stall(e: StoreError) -> Stalled:
+    """A store error as the condition that reports it; every kind waits and resumes by itself."""
+    if e.kind == "auth":
+        return Stalled(Reason.STORE_ACCESS_DENIED, e.message, retry=30)
+    if e.kind == "missing":
+        return Stalled(Reason.STORE_NOT_FOUND, e.message, retry=30)
+    return Stalled(Reason.STORE_UNAVAILABLE, f"{e.message}; waiting for the store and retrying", retry=5)
+
+
+async def _store_await(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except StoreError as e:
+        raise store_stall(e) from None
+
+
+async def _store_call(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        async for item in stream:
+            yield item
+    except StoreError as e:
+        raise store_stall(e) from None
+
+
+async def open_bucket(kube: Kube, namespace: str, store: StoreSpec, root: str) -> Bucket:
+    """The workload's bucket, with the credentials of its Secret; checked before anything depends on it."""
+    secret = store.s3.credentials_secret
+    where = "spec.store.s3.credentialsSecret"
+    try:
+        body = await kube.get(ns_path("v1", namespace, "secrets", secret))
+    except ApiError as e:
+        if e.status == 403:
+            raise Stalled(
+                Reason.STORE_ACCESS_DENIED,
+                f"the operator may not read Secret {secret!r} ({where}): add it to the chart value "
+                f"rbac.secretNames (helm upgrade ... --set 'rbac.secretNames={{{secret}}}')",
+                retry=60,
+            ) from None
+        raise
+    if body is None:
+        raise Stalled(
+            Reason.STORE_ACCESS_DENIED, f"Secret {secret!r} ({where}) not found in namespace {namespace!r}", retry=30
+        )
+    try:
+        creds = Credentials.from_secret_data(body.get("data") or {}, secret)
+    except StoreError as e:
+        raise Stalled(Reason.STORE_ACCESS_DENIED, f"{e.message} ({where})", retry=60) from None
+    bucket = Bucket(Location.from_spec(store.s3), creds)
+    try:
+        await bucket.check(root)
+    except StoreError as e:
+        stall = store_stall(e)
+        if e.kind == "auth":
+            stall.message += f" (Secret {secret!r}, {where})"
+        raise stall from None
+    return bucket
+
+
+class ResultStore:
+    def __init__(self, chunks: Chunks, total: int) -> None:
+        self.backend = chunks
+        self.size = chunks.size
+        self.total = total
+        self.chunks = (total + self.size - 1) // self.size
+        self._open: dict[int, dict[str, dict[str, Any]]] = {}  # chunk -> index -> outcome entry
+        self._dirty: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        return self.backend.ref(self.chunks)
 
     async def load(self) -> list[SubtaskOutcome]:
         """Every stored outcome (without keeping complete chunks in memory)."""
         out: list[SubtaskOutcome] = []
-        async for cm in self.kube.list(self._path(), labelSelector=self._selector()):
-            chunk = int(cm["metadata"]["labels"].get(LABEL_CHUNK, "-1"))
-            entries = json.loads(read_payload(cm) or b"{}").get("outcomes", {})
-            self._exists.add(chunk)
+        async for chunk, payload in self.backend.listing():
+            entries = json.loads(payload or b"{}").get("outcomes", {})
             if len(entries) < self._chunk_size(chunk):
                 self._open[chunk] = entries
             out += [decode_outcome(int(i), e) for i, e in entries.items()]
         return out
 
     def _chunk_size(self, chunk: int) -> int:
-        return min(CHUNK, self.total - chunk * CHUNK)
+        return min(self.size, self.total - chunk * self.size)
 
     def add(self, outcome: SubtaskOutcome) -> None:
-        chunk = outcome.index // CHUNK
+        chunk = outcome.index // self.size
         self._open.setdefault(chunk, {})[str(outcome.index)] = encode_outcome(outcome)
         self._dirty.add(chunk)
 
@@ -130,20 +260,12 @@ class ResultStore:
     async def _write(self, chunk: int) -> None:
         entries = self._open[chunk]
         payload = json.dumps({"chunk": chunk, "outcomes": entries}, separators=(",", ":")).encode()
-        name = chunk_name(self.owner.name, chunk)
-        body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.RESULTS, LABEL_CHUNK: str(chunk)})
-        if chunk not in self._exists:
-            created, _ = await self.kube.create(self._path(), body)
-            self._exists.add(chunk)
-            if created:
-                return
-        # Unconditional replace: this operator is the only writer of its workload's chunks.
-        await self.kube.put(self._path(name), body)
+        await self.backend.write(chunk, payload)
 
     async def all_results(self) -> Iterable[SubtaskOutcome]:
         """Read back every stored outcome (for the reduce input and the result summary)."""
         outcomes: dict[int, SubtaskOutcome] = {}
-        async for cm in self.kube.list(self._path(), labelSelector=self._selector()):
-            for i, e in json.loads(read_payload(cm) or b"{}").get("outcomes", {}).items():
+        async for _, payload in self.backend.listing():
+            for i, e in json.loads(payload or b"{}").get("outcomes", {}).items():
                 outcomes[int(i)] = decode_outcome(int(i), e)
         return [outcomes[i] for i in sorted(outcomes)]

@@ -26,7 +26,7 @@ from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
 from apwa.controller.dynamic import PlanContext, stored_plan
 from apwa.controller.effects import Creations, StatusWriter, event_body
-from apwa.controller.store import KEY, ResultStore, config_map_body
+from apwa.controller.store import KEY, ConfigMapChunks, ObjectChunks, ResultStore, config_map_body, open_bucket
 from apwa.core import (
     RESYNC_SECONDS,
     Action,
@@ -55,6 +55,7 @@ from apwa.core import (
 from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask
 from apwa.rendering import (
+    DEFAULT_SIDECAR_IMAGE,
     LABEL_ROLE,
     LABEL_UID,
     Owner,
@@ -80,6 +81,8 @@ class Settings:
     max_subtasks: int = DEFAULT_MAX_SUBTASKS
     metrics_port: int = 8080
     namespaces: list[str] = field(default_factory=list)
+    # The image of the store sidecar in subtask pods (any image with the apwa package).
+    sidecar_image: str = DEFAULT_SIDECAR_IMAGE
 
 
 @dataclass
@@ -165,7 +168,7 @@ class WorkloadRunner:
     @property
     def owner(self) -> Owner:
         meta = self.body["metadata"]
-        return Owner(self.name, self.namespace, self.uid, meta.get("labels") or {})
+        return Owner(self.name, self.namespace, self.uid, meta.get("labels") or {}, self.settings.sidecar_image)
 
     @property
     def generation(self) -> int | None:
@@ -190,7 +193,7 @@ class WorkloadRunner:
         if not self.netpol_done:
             await self.kube.create(
                 self._path("networkpolicies", "networking.k8s.io/v1"),
-                render_network_policy(self.owner, spec.isolation_or_default),
+                render_network_policy(self.owner, spec.isolation_or_default, spec.store),
             )
             self.netpol_done = True
         if planned.store.dirty:  # outcomes of a step whose store write failed
@@ -203,11 +206,7 @@ class WorkloadRunner:
             previous=self.status,
             generation=self.generation,
             creating=self.creations.in_flight,
-            results_ref={
-                "configMapPrefix": child_name(self.name, "results-"),
-                "chunks": planned.store.chunks,
-                "key": KEY,
-            },
+            results_ref=planned.store.ref,
         )
         return await self._execute(decide(world, now), spec)
 
@@ -320,14 +319,18 @@ class WorkloadRunner:
 
     async def _start_reduce(self, spec: ParallelWorkloadSpec) -> None:
         assert self.planned is not None, "the reduce starts once every planned subtask finished"
-        agg = Aggregate(total=len(self.planned.subtasks))
-        for o in await self.planned.store.all_results():  # what is stored is what the reduce gets
-            agg.record(o)
-        payload = json.dumps(agg.reduce_input(), separators=(",", ":")).encode()
+        total = len(self.planned.subtasks)
         name = child_name(self.name, "reduce-input")
-        body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.REDUCE_INPUT})
-        await self.kube.create(self._path("configmaps", "v1"), body)
-        await self.kube.create(self._path("jobs", "batch/v1"), render_reduce_job(self.owner, spec, name, KEY))
+        if spec.store is None:
+            agg = Aggregate(total=total)
+            for o in await self.planned.store.all_results():  # what is stored is what the reduce gets
+                agg.record(o)
+            payload = json.dumps(agg.reduce_input(), separators=(",", ":")).encode()
+            body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.REDUCE_INPUT})
+            await self.kube.create(self._path("configmaps", "v1"), body)
+        # With a store the reduce pod streams the stored outcomes itself (apwa-store fetch-results).
+        job = render_reduce_job(self.owner, spec, name, KEY, total=total)
+        await self.kube.create(self._path("jobs", "batch/v1"), job)
         self.children.reduce_job = self.children.reduce_job or JobState(name=child_name(self.name, "reduce"))
 
     async def _write(self, status: dict[str, Any], final: bool) -> float:
@@ -356,9 +359,13 @@ class WorkloadRunner:
         except PlanningError as e:
             raise stall_of(e) from None
         subtasks = make_plan(spec, data, self.settings.max_subtasks, self.owner)
-        self.planned = Planned(
-            subtasks, Aggregate(total=len(subtasks)), ResultStore(self.kube, self.owner, len(subtasks))
-        )
+        chunks: ConfigMapChunks | ObjectChunks
+        if spec.store is not None:
+            root = self.owner.store_root(spec)
+            chunks = ObjectChunks(await open_bucket(self.kube, self.namespace, spec.store, root), root)
+        else:
+            chunks = ConfigMapChunks(self.kube, self.owner)
+        self.planned = Planned(subtasks, Aggregate(total=len(subtasks)), ResultStore(chunks, len(subtasks)))
         self.stall_backoff = FIRST_STALL_BACKOFF
         self.events.append(PostEvent(EventType.NORMAL, Reason.PLANNED, f"decomposed into {len(subtasks)} subtasks"))
         return self.planned

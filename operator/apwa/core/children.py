@@ -13,8 +13,17 @@ from typing import Any
 
 from apwa.api.vocabulary import Reason, Role
 from apwa.common.times import parse_iso
-from apwa.rendering import LABEL_INDEX, LABEL_ROLE
-from apwa.results import ResultTruncated, SubtaskOutcome, decode_failure, decode_result, message_budget
+from apwa.rendering import LABEL_INDEX, LABEL_ROLE, STORE_SIDECAR
+from apwa.results import (
+    ResultTruncated,
+    StoreFailed,
+    SubtaskOutcome,
+    decode_failure,
+    decode_result,
+    decode_stored,
+    message_budget,
+)
+from apwa.results.keys import result_key
 
 # Kubernetes's words for finished Jobs (condition types) and pods (phases).
 JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
@@ -58,13 +67,16 @@ class JobState:
 
 @dataclass
 class PodResult:
-    """The termination of a pod's first (main) container."""
+    """The termination of a pod's first (main) container, and of its store sidecar if it has one."""
 
     phase: str
     exit_code: int | None
     reason: str
     message: str
     budget: int | None = None  # bytes of a termination message the kubelet keeps in this pod
+    uploading: bool = False  # the store sidecar has not finished yet
+    stored: dict[str, Any] | None = None  # {"key", "size", "sha256"?}: the result is in the store
+    store_error: str | None = None  # the sidecar's upload failed
 
     @property
     def succeeded(self) -> bool:
@@ -80,16 +92,48 @@ class PodResult:
         containers = spec.get("containers") or [{}]
         main = containers[0].get("name")
         budget = message_budget(spec)
+        result = cls(phase, None, status.get("reason") or "", status.get("message") or "", budget)
         for cs in status.get("containerStatuses") or []:
             if cs.get("name") == main:
                 term = (cs.get("state") or {}).get("terminated") or {}
-                return cls(phase, term.get("exitCode"), term.get("reason") or "", term.get("message") or "", budget)
-        return cls(phase, None, status.get("reason") or "", status.get("message") or "", budget)
+                result = cls(phase, term.get("exitCode"), term.get("reason") or "", term.get("message") or "", budget)
+        if phase == POD_SUCCEEDED:
+            result._read_sidecar(pod)
+        return result
+
+    def _read_sidecar(self, pod: dict[str, Any]) -> None:
+        sidecar = next((c for c in pod["spec"].get("initContainers") or [] if c.get("name") == STORE_SIDECAR), None)
+        if sidecar is None:
+            return
+        status = next(
+            (s for s in pod["status"].get("initContainerStatuses") or [] if s.get("name") == STORE_SIDECAR), None
+        )
+        term = ((status or {}).get("state") or {}).get("terminated")
+        if term is None:
+            self.uploading = True
+            return
+        try:
+            stored = decode_stored(term.get("message"))
+        except StoreFailed as e:
+            self.store_error = str(e)
+            return
+        if stored is not None:
+            # The key comes from the pod the operator made (its sidecar's settings and its uid),
+            # never from the message: a result can't be pointed at another pod's object.
+            env = {e["name"]: e.get("value") for e in sidecar.get("env") or []}
+            index = env.get("APWA_INDEX")
+            key = result_key(env.get("APWA_STORE_ROOT") or "", int(index) if index else None, pod["metadata"]["uid"])
+            self.stored = {"key": key, **stored}
 
 
 def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutcome:
     """A finished subtask's outcome: the Job says whether, the pod's message says what."""
     if job.succeeded:
+        if pod is not None and pod.store_error is not None:
+            message = f"the subtask succeeded but its result could not be stored: {pod.store_error}"
+            return SubtaskOutcome(index, False, reason=Reason.STORE_FAILED.value, message=message, job=job.name)
+        if pod is not None and pod.stored is not None:
+            return SubtaskOutcome(index, True, stored=pod.stored, job=job.name)
         try:
             result = decode_result(pod.message, pod.budget) if pod else None
         except ResultTruncated as e:  # never a success without its whole result
@@ -167,14 +211,15 @@ class ChildIndex:
         if result is None:
             return False
         if role_of(body) == Role.REDUCE:
-            if not (self.reduce_pod and self.reduce_pod.succeeded):
+            if not (self.reduce_pod and self.reduce_pod.succeeded and not self.reduce_pod.uploading):
                 self.reduce_pod = result
             return True
         index = index_of(body)
         if index in recorded:
             return False
         old = self.pods.get(index)
-        if not (old and old.succeeded):  # a retried pod's failure doesn't hide an earlier success
+        # A retried pod's failure doesn't hide an earlier success; a finished upload does replace it.
+        if not (old and old.succeeded and not old.uploading) or result.succeeded:
             self.pods[index] = result
         return True
 

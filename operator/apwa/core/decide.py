@@ -130,6 +130,8 @@ def collect(children: ChildIndex, recorded: Aggregate, now: float) -> tuple[list
         if not job.finished or index in recorded.outcomes:
             continue
         pod = children.pods.get(index)
+        if job.succeeded and pod is not None and pod.uploading:
+            continue  # its store sidecar is still uploading; the pod's next event wakes us
         needs_pod = job.succeeded or job.reason != DEADLINE_EXCEEDED
         if needs_pod and (pod is None or (job.succeeded and not pod.succeeded)):
             waited = now - (job.finished_at if job.finished_at is not None else now)
@@ -205,10 +207,15 @@ def _all_finished(w: World, tally: Tally, now: float) -> Verdict:
     job, pod = w.children.reduce_job, w.children.reduce_pod
     if job is None or not job.finished:
         return Verdict(Phase.REDUCING, Reason.REDUCING, f"{base}; reducing")
-    if job.succeeded and pod is None:
+    if job.succeeded and (pod is None or pod.uploading):
         return Verdict(Phase.REDUCING, Reason.REDUCING, f"{base}; collecting the reduce result")
     if job.succeeded:
         assert pod is not None
+        if pod.store_error is not None:
+            message = f"the reduce step's result could not be stored: {pod.store_error}"
+            return Verdict(Phase.FAILED, Reason.STORE_FAILED, message, None, format_iso(now))
+        if pod.stored is not None:
+            return Verdict(Phase.SUCCEEDED, Reason.REDUCED, base, {"stored": pod.stored}, format_iso(now))
         try:
             result = decode_result(pod.message, pod.budget)
         except ResultTruncated as e:

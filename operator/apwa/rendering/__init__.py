@@ -1,12 +1,14 @@
 """Subtask + template -> Kubernetes manifests (Jobs, NetworkPolicy). Pure."""
 
 from apwa.rendering.jobs import (
+    DEFAULT_SIDECAR_IMAGE,
     LABEL_INDEX,
     LABEL_ROLE,
     LABEL_UID,
     LABEL_WORKLOAD,
     RESULT_PATH,
     RESULTS_MOUNT,
+    STORE_SIDECAR,
     Owner,
     RenderError,
     render_job,
@@ -17,12 +19,14 @@ from apwa.rendering.netpol import render_network_policy
 from apwa.rendering.placeholders import substitute
 
 __all__ = [
+    "DEFAULT_SIDECAR_IMAGE",
     "LABEL_INDEX",
     "LABEL_ROLE",
     "LABEL_UID",
     "LABEL_WORKLOAD",
     "RESULTS_MOUNT",
     "RESULT_PATH",
+    "STORE_SIDECAR",
     "Owner",
     "RenderError",
     "child_name",

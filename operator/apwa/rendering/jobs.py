@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apwa import API_VERSION, KIND
-from apwa.api.models import Isolation, JobTemplate, ParallelWorkloadSpec
+from apwa.api.models import Isolation, JobTemplate, ParallelWorkloadSpec, StoreSpec
 from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
 from apwa.rendering.failure_policy import pod_failure_policy
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
+from apwa.results.keys import OUTCOME_CHUNK, workload_root
 from apwa.results.protocol import message_budget
 
 LABEL_WORKLOAD = "apwa.dev/workload"
@@ -25,6 +26,15 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "apwa"}
 # The container's termination message is the result channel; the worker writes here.
 RESULT_PATH = "/dev/termination-log"
 RESULTS_MOUNT = "/apwa/results"
+# With a store: the main containers write large results here; the store sidecar uploads them.
+OUTPUT_VOLUME, OUTPUT_MOUNT = "apwa-output", "/apwa/output"
+OUTPUT_PATH = f"{OUTPUT_MOUNT}/result"
+INPUT_VOLUME, INPUT_MOUNT = "apwa-input", "/apwa/input"
+STORE_SIDECAR = "apwa-store"
+STORE_FETCH = "apwa-fetch"
+# The image of the store sidecar when the operator names none (offline rendering): any image
+# with the apwa package (the worker and the operator images both have `apwa-store`).
+DEFAULT_SIDECAR_IMAGE = "apwa-operator"
 
 
 class RenderError(ValueError):
@@ -42,6 +52,12 @@ class Owner:
     namespace: str | None = None
     uid: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Not the workload's, but where its children are rendered: the operator's store sidecar image.
+    sidecar_image: str = DEFAULT_SIDECAR_IMAGE
+
+    def store_root(self, spec: ParallelWorkloadSpec) -> str:
+        assert spec.store is not None
+        return workload_root(spec.store.s3.prefix, self.namespace or "local", self.name, self.uid or "offline")
 
 
 def metadata(owner: Owner, name: str, extra_labels: dict[str, str]) -> dict[str, Any]:
@@ -81,6 +97,8 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
     }
     context = {"index": subtask.index, "count": count, "workload": owner.name, "item": subtask.item}
     labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value}
+    if spec.store is not None:
+        env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
     return _job(
         owner,
         spec,
@@ -94,12 +112,15 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
 
 
 def render_reduce_job(
-    owner: Owner, spec: ParallelWorkloadSpec, results_config_map: str, results_key: str
+    owner: Owner, spec: ParallelWorkloadSpec, results_config_map: str, results_key: str, total: int = 0
 ) -> dict[str, Any]:
-    """The reduce Job: the results ConfigMap is mounted read-only at RESULTS_MOUNT."""
+    """The reduce Job: the results ConfigMap is mounted read-only at RESULTS_MOUNT; with a store,
+    an init container streams the results out of it into a file instead."""
     assert spec.results and spec.results.reduce
     name = spec.results.reduce.template
     env = {"APWA_WORKLOAD": owner.name, "APWA_RESULTS_PATH": f"{RESULTS_MOUNT}/{results_key}"}
+    if spec.store is not None:
+        env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
     context = {"workload": owner.name}
     job = _job(
         owner,
@@ -112,10 +133,101 @@ def render_reduce_job(
         context=context,
     )
     pod = job["spec"]["template"]["spec"]
+    if spec.store is not None:
+        _fetch_results(pod, owner, spec.store, owner.store_root(spec), total)
+        return job
     pod.setdefault("volumes", []).append({"name": "apwa-results", "configMap": {"name": results_config_map}})
     for c in pod["containers"]:
         c.setdefault("volumeMounts", []).append({"name": "apwa-results", "mountPath": RESULTS_MOUNT, "readOnly": True})
     return job
+
+
+def _fetch_results(pod: dict[str, Any], owner: Owner, store: StoreSpec, root: str, total: int) -> None:
+    """The reduce reads its input from a file an init container streams out of the store, so it
+    never needs the store's credentials and the input is not capped by a ConfigMap's 1 MiB."""
+    path = f"{INPUT_MOUNT}/results.jsonl"
+    env = {
+        **_store_env(store, root),
+        "APWA_OUTCOME_CHUNKS": str((total + OUTCOME_CHUNK - 1) // OUTCOME_CHUNK),
+        "APWA_RESULTS_PATH": path,
+    }
+    fetch = {
+        "name": STORE_FETCH,
+        "image": owner.sidecar_image,
+        "command": ["apwa-store", "fetch-results"],
+        "env": [{"name": k, "value": v} for k, v in env.items()] + _credentials(store),
+        "volumeMounts": [{"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT}],
+        "securityContext": {**_RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod["initContainers"] = [fetch, *(pod.get("initContainers") or [])]
+    pod.setdefault("volumes", []).append({"name": INPUT_VOLUME, "emptyDir": {}})
+    for c in pod["containers"]:
+        c.setdefault("volumeMounts", []).append({"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT, "readOnly": True})
+        c["env"] = [e for e in c.get("env") or [] if e.get("name") != "APWA_RESULTS_PATH"] + [
+            {"name": "APWA_RESULTS_PATH", "value": path},
+            {"name": "APWA_COUNT", "value": str(total)},
+        ]
+
+
+def _store_env(store: StoreSpec, root: str) -> dict[str, str]:
+    env = {"APWA_S3_BUCKET": store.s3.bucket, "APWA_S3_REGION": store.s3.region, "APWA_STORE_ROOT": root}
+    if store.s3.endpoint:
+        env["APWA_S3_ENDPOINT"] = store.s3.endpoint
+    if store.s3.path_style:
+        env["APWA_S3_PATH_STYLE"] = "true"
+    return env
+
+
+def _credentials(store: StoreSpec) -> list[dict[str, Any]]:
+    """The store's credentials, by reference to the Secret: never in the spec, never in a Job body."""
+    refs = [("AWS_ACCESS_KEY_ID", "accessKeyId", False), ("AWS_SECRET_ACCESS_KEY", "secretAccessKey", False)]
+    refs.append(("AWS_SESSION_TOKEN", "sessionToken", True))
+    return [
+        {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": store.s3.credentials_secret, "key": key, "optional": optional}},
+        }
+        for name, key, optional in refs
+    ]
+
+
+def _add_store_sidecar(pod: dict[str, Any], owner: Owner, store: StoreSpec, root: str, index: int | None) -> None:
+    """The store sidecar (a native sidecar: restartPolicy Always in initContainers) and the output
+    volume it shares with the main containers. The kubelet stops it after the main containers have
+    exited; it then uploads what they left and reports it in its own termination message."""
+    env = {
+        **_store_env(store, root),
+        "APWA_OUTPUT_PATH": OUTPUT_PATH,
+        "APWA_UPLOAD_TIMEOUT": str(store.upload_timeout_seconds),
+    }
+    if index is not None:
+        env["APWA_INDEX"] = str(index)
+    sidecar = {
+        "name": STORE_SIDECAR,
+        "image": owner.sidecar_image,
+        "command": ["apwa-store", "upload"],
+        "restartPolicy": "Always",
+        "env": [{"name": k, "value": v} for k, v in env.items()]
+        + [{"name": "APWA_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
+        + _credentials(store),
+        "volumeMounts": [{"name": OUTPUT_VOLUME, "mountPath": OUTPUT_MOUNT, "readOnly": True}],
+        "securityContext": {**_RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True},
+        "terminationMessagePath": RESULT_PATH,
+        "terminationMessagePolicy": "File",
+    }
+    for i, c in enumerate(pod.get("initContainers") or []):
+        if c.get("name") in (STORE_SIDECAR, STORE_FETCH):
+            raise RenderError(f"spec.initContainers[{i}].name", f"{c['name']} is reserved by apwa; rename it")
+    for i, v in enumerate(pod.get("volumes") or []):
+        if v.get("name") in (OUTPUT_VOLUME, INPUT_VOLUME):
+            raise RenderError(f"spec.volumes[{i}].name", f"{v['name']} is reserved by apwa; rename it")
+    pod["initContainers"] = [*(pod.get("initContainers") or []), sidecar]
+    pod.setdefault("volumes", []).append({"name": OUTPUT_VOLUME, "emptyDir": {}})
+    for c in pod["containers"]:
+        c.setdefault("volumeMounts", []).append({"name": OUTPUT_VOLUME, "mountPath": OUTPUT_MOUNT})
+    grace = store.upload_timeout_seconds + 5
+    pod["terminationGracePeriodSeconds"] = max(int(pod.get("terminationGracePeriodSeconds") or 30), grace)
 
 
 def _job(
@@ -135,6 +247,9 @@ def _job(
     pod_spec = pod_template["spec"]
     isolation = spec.isolation_or_default
     _enforce_isolation(pod_spec, isolation, where)
+    if spec.store is not None:
+        index = int(labels[LABEL_INDEX]) if LABEL_INDEX in labels else None
+        _add_store_sidecar(pod_spec, owner, spec.store, owner.store_root(spec), index)
 
     for kind in ("initContainers", "containers"):
         for i, c in enumerate(pod_spec.get(kind) or []):

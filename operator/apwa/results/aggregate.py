@@ -26,6 +26,8 @@ class SubtaskOutcome:
     message: str = ""
     exit_code: int | None = None
     job: str | None = None
+    # A result kept in the object store: {"key", "size", "sha256"?}; `result` is then None.
+    stored: dict[str, Any] | None = None
     failed_pods: int | None = None  # pods that failed and counted against backoffLimit
 
 
@@ -39,6 +41,10 @@ def failure_entry(o: SubtaskOutcome) -> dict[str, Any]:
     if o.failed_pods:
         entry["failedPods"] = o.failed_pods
     return entry
+
+
+def result_entry(o: SubtaskOutcome) -> dict[str, Any]:
+    return {"index": o.index, "stored": o.stored} if o.stored is not None else {"index": o.index, "result": o.result}
 
 
 @dataclass
@@ -75,10 +81,8 @@ class Aggregate:
         return [failure_entry(self.outcomes[i]) for i in self._failed_indices[:cap]]
 
     def results(self) -> list[dict[str, Any]]:
-        """Every succeeded subtask's result, in index order."""
-        return [
-            {"index": i, "result": self.outcomes[i].result} for i in sorted(self.outcomes) if self.outcomes[i].succeeded
-        ]
+        """Every succeeded subtask's result (or its stored object's reference), in index order."""
+        return [result_entry(self.outcomes[i]) for i in sorted(self.outcomes) if self.outcomes[i].succeeded]
 
     def reduce_input(self) -> dict[str, Any]:
         """What a reduce step reads: results in index order plus the indices that failed."""

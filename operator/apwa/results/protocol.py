@@ -9,7 +9,13 @@ a message the kubelet cut is detected rather than taken for a result. The kubele
 *last* 4096 bytes of a container's termination file, and then cuts every container's message of a
 pod to 12 KiB divided by the number of containers (init and ephemeral ones included), keeping the
 *first* bytes: either cut breaks the envelope. Later features add keys (a reference to a stored
-object, usage figures, a "final" mark); readers ignore keys they do not know. A bare JSON value
+object, usage figures, a "final" mark); readers ignore keys they do not know. With an object
+store, the pod's store sidecar reports the upload it made in its own termination message:
+
+    {"apwa": 1, "stored": {"size": 5242880, "sha256": "9f86d0..."}}
+
+The object's key is not in the message: it is derived from (workload uid, index, pod uid) by
+apwa.results.keys, so a message can't point a result at somebody else's object. A bare JSON value
 (anything that is not an envelope) still works as a result: it is what older workers write.
 docs/results.md describes the protocol for worker authors.
 """
@@ -21,6 +27,9 @@ from typing import Any
 
 MAX_RESULT_BYTES = 4096  # the kubelet's limit for one container's termination message
 MAX_POD_MESSAGE_BYTES = 12 * 1024  # shared by all containers of a pod
+# The documented ceiling of one stored result (the store sidecar refuses more; the output volume
+# is sized for it).
+MAX_STORED_RESULT_BYTES = 1024**3
 ENVELOPE_VERSION = 1
 ENVELOPE_KEY = "apwa"
 # A worker that knows retrying is useless (bad input) exits with this code after writing a failure
@@ -127,3 +136,42 @@ def _truncated(message: str, budget: int | None) -> str:
         f"({MAX_RESULT_BYTES} per container, {MAX_POD_MESSAGE_BYTES} per pod shared by all containers). "
         "Keep results small (apwa.worker.emit refuses what does not fit) or store them elsewhere."
     )
+
+
+class StoreFailed(ValueError):
+    """The store sidecar could not upload the result (its message says why)."""
+
+
+def encode_stored(size: int, sha256: str) -> bytes:
+    return _compact({ENVELOPE_KEY: ENVELOPE_VERSION, "stored": {"size": size, "sha256": sha256}}).encode()
+
+
+def decode_stored(message: str | None) -> dict[str, Any] | None:
+    """What a store sidecar's message says it uploaded: {"size", "sha256"}; None when it uploaded
+    nothing (the result, if any, is inline in the main container's message). Raises StoreFailed
+    for a failure envelope (or a message that is not an envelope)."""
+    text = (message or "").strip()
+    if not text:
+        return None
+    try:
+        envelope = json.loads(text)
+    except json.JSONDecodeError:
+        raise StoreFailed(f"the store sidecar's message is not an envelope: {text[-300:]}") from None
+    if not isinstance(envelope, dict) or ENVELOPE_KEY not in envelope:
+        raise StoreFailed(f"the store sidecar's message is not an envelope: {text[-300:]}")
+    if "error" in envelope:
+        raise StoreFailed(str(envelope["error"]))
+    stored = envelope.get("stored")
+    if stored is None:
+        return None
+    if not isinstance(stored, dict) or not isinstance(stored.get("size"), int):
+        raise StoreFailed(f"the store sidecar's message has no valid 'stored' entry: {text[-300:]}")
+    return {"size": stored["size"], **({"sha256": stored["sha256"]} if isinstance(stored.get("sha256"), str) else {})}
+
+
+def decode_value(data: bytes) -> Any:
+    """A stored result's value: JSON when it parses, otherwise the text (as termination messages)."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return data.decode("utf-8", errors="replace")
