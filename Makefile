@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 REAL_NODE ?= 0
 
-.PHONY: install test test-slow test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images run bench bench-plan clean
+.PHONY: install test test-slow test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan clean
 
 install: $(VENV)/.installed
 
@@ -35,11 +35,13 @@ test-unit: install
 test-integration: install testenv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-## ruff, then the import contracts of .importlinter (the layering of docs/architecture.md).
+## ruff, the import contracts of .importlinter (the layering of docs/architecture.md), then
+## actionlint on .github/workflows (built from Go modules into the cache on first use, ~35 s).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	bash hack/actionlint.sh
 
 fmt: install
 	$(BIN)/ruff format .
@@ -63,8 +65,24 @@ testenv:
 testenv-real: images
 	bash hack/netpol.sh build >/dev/null
 
+## The images, built here without Docker (OCI archives in ~/.cache/apwa/images; see hack/images.sh).
 images:
 	bash hack/images.sh build
+
+## The chart as dist/apwa-<chart version>.tgz, with the helm of the test environment (what the
+## release workflow pushes to oci://ghcr.io/apwa-dev/charts).
+chart-package:
+	@helm_bin=$$(bash hack/testenv-build.sh helm | tail -n 1) && mkdir -p dist && \
+	  "$$helm_bin/helm" package charts/apwa --destination dist
+
+## Refresh images/requirements.lock (every image build installs it, hash-checked) with uv, pinned
+## here. uv, not pip-tools: it resolves for the images' Python (3.11, Linux) whatever interpreter
+## runs it (pip-compile resolves for the one it runs in), it is one wheel from PyPI, and it writes
+## the hashes of every wheel of each pinned version, so one lock serves amd64 and arm64.
+UV_VERSION ?= 0.13.9
+lock: install
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	UV=$(abspath $(BIN))/uv bash hack/images.sh lock
 
 ## Start the local control plane; the last line is an export for your shell:
 ##   eval "$$(make -s cluster | tail -n 1)"

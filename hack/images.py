@@ -30,9 +30,14 @@ error (so the two builds cannot drift apart silently):
                 the wheels of images/requirements.lock with --no-index: both were made on the host
                 (pip wheel / pip download for cp311 manylinux x86_64), so the chroot needs no network.
   final stage   layer 1: the Debian root, trimmed (docs except copyright, man pages, locales, apt
-                lists and caches, logs, the pip/setuptools wheels: nothing can install packages);
+                lists and caches, logs, the pip/setuptools wheels: nothing can install packages),
+                plus /usr/share/apwa/debian-packages.txt: `dpkg-query -W` of that root (package,
+                tab, version), also written next to the archive as <archive>.debian-packages.txt;
                 layer 2: /opt/apwa from the build stage; worker only, layer 3: /src = the repository
                 files minus .dockerignore, owned by root, without write bits for group/other.
+
+The lock (images/requirements.lock) carries the sha256 of every wheel of each pinned version, so
+pip checks every downloaded wheel against it (hash-checking mode) here and in the Dockerfiles.
 """
 
 from __future__ import annotations
@@ -544,8 +549,19 @@ TRIM = re.compile(
 EMPTIED = {"etc/hostname", "etc/resolv.conf"}  # the host's, copied by debootstrap; the runtime mounts its own
 
 
+# Where the images carry the Debian package versions of their root (dpkg-query -W at build time).
+PACKAGES_IN_IMAGE = "usr/share/apwa/debian-packages.txt"
+
+
+def debian_packages() -> bytes:
+    """`dpkg-query -W` of the Debian root, recorded when debootstrap made it: package<TAB>version lines."""
+    base_root()
+    return (IMAGES / f"base-{SUITE}-{base_key()}" / "packages.txt").read_bytes()
+
+
 def base_layer() -> Layer:
     root = base_root()
+    packages = debian_packages()
 
     def entries() -> Iterator[Entry]:
         for e in tree(root, "", keep=lambda rel: not TRIM.match(rel), mtime=None):
@@ -553,6 +569,8 @@ def base_layer() -> Layer:
                 yield Entry(e.name, data=b"", mode=0o644)
             else:
                 yield e
+        yield Entry(str(Path(PACKAGES_IN_IMAGE).parent) + "/", mode=0o755)
+        yield Entry(PACKAGES_IN_IMAGE, data=packages, mode=0o644)
 
     # Owners stay as Debian set them (root, and e.g. group shadow); mtimes stay as dpkg left them,
     # because the stdlib's .pyc files are checked against their .py's mtime: a fixed mtime would make
@@ -580,7 +598,9 @@ def venv_key() -> str:
 
 
 def locked() -> list[str]:
-    return [s.strip() for s in LOCK.read_text().splitlines() if s.strip() and not s.lstrip().startswith("#")]
+    """The lock's requirements (name==version), without hashes and comments."""
+    text = re.sub(r"\\\n", " ", LOCK.read_text())
+    return [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def wheel_platforms() -> list[str]:
@@ -661,8 +681,27 @@ def venv_layer() -> Layer:
                 "--find-links=/tmp/wheels",
                 "--disable-pip-version-check",
                 "--no-warn-script-location",
+                "--require-hashes",
+                "--no-deps",
                 "-r",
                 "/tmp/requirements.lock",
+            ],
+            env=env,
+        )
+        # Then the package itself (built here, not in the lock): its dependencies are all there.
+        run(
+            "venv",
+            [
+                "chroot",
+                str(chroot),
+                "/opt/apwa/bin/python",
+                f"/usr/share/python-wheels/{pip_whl.name}/pip",
+                "install",
+                "--no-index",
+                "--find-links=/tmp/wheels",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+                "--no-deps",
                 f"apwa=={version}",
             ],
             env=env,
@@ -764,6 +803,11 @@ class Image:
         return IMAGES / f"{self.repo}-{self.tag}.oci.tar"
 
 
+def packages_file(img: Image) -> Path:
+    """The record of the Debian package versions in a worker or operator image, next to its archive."""
+    return img.archive.with_name(img.archive.name.removesuffix(".oci.tar") + ".debian-packages.txt")
+
+
 def image(name: str) -> Image:
     if name == "pause":
         return Image(name, "pause", [files_digest(pause_inputs()), go_version()])
@@ -785,6 +829,8 @@ def build_image(img: Image) -> None:
     else:
         layers, cfg, history = build_python(img.name)
     digest = write_archive(img.archive, img.ref, layers, cfg, history)
+    if img.name in ("worker", "operator"):
+        packages_file(img).write_bytes(debian_packages())
     size = img.archive.stat().st_size
     log(f"built {img.ref} ({size / 1e6:.1f} MB, manifest {digest[:19]}) in {time.monotonic() - t0:.0f}s")
 
@@ -922,6 +968,9 @@ def collect_garbage(protect: set[Path]) -> None:
         else:
             log(f"removing the outdated {archive.name}")
             archive.unlink()
+    for record in IMAGES.glob("*.debian-packages.txt"):
+        if not record.with_name(record.name.removesuffix(".debian-packages.txt") + ".oci.tar").exists():
+            record.unlink()
     for meta in (IMAGES / "layers").glob("*.json"):
         digest = json.loads(meta.read_text())["digest"]
         if digest not in keep and not meta.name.startswith(f"venv-{venv_key()}"):
@@ -966,20 +1015,44 @@ def cmd_import(sock: str, names: list[str]) -> None:
         print_line(img)
 
 
+LOCK_HEADER = """\
+# The exact runtime dependencies of the `apwa` package in the worker and operator images, with the
+# sha256 of every wheel of each pinned version (pip installs them in hash-checking mode), used by
+# BOTH builds: images/*/Dockerfile (pip install --require-hashes -r) and hack/images.sh (wheels
+# downloaded on the host, installed with --no-index). Refresh after changing [project].dependencies
+# in pyproject.toml: `make lock` (uv pip compile for Python 3.11 on Linux; LOCK_UPGRADE=1 moves
+# every pin to its newest version, otherwise the pins here are kept where they still fit).
+"""
+
+
 def cmd_lock() -> None:
-    """Resolves the project's dependencies on Python 3.11 and writes images/requirements.lock."""
-    if sys.version_info[:2] != (3, 11):
-        raise Failed(f"the lock is made on Python 3.11 (the images' Python); this is {sys.version.split()[0]}")
+    """images/requirements.lock from pyproject.toml with uv (`make lock` installs the pinned uv)."""
+    uv = os.environ.get("UV") or shutil.which("uv")
+    if not uv:
+        raise Failed("uv not found: run `make lock`, which installs the version the Makefile pins into .venv")
+    upgrade = ["--upgrade"] if os.environ.get("LOCK_UPGRADE") == "1" else []
     with tempfile.TemporaryDirectory() as tmp:
-        venv = Path(tmp) / "venv"
-        run("lock", [sys.executable, "-m", "venv", str(venv)])
-        run("lock", [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)])
-        frozen = subprocess.run(
-            [str(venv / "bin/pip"), "freeze", "--exclude", "apwa"], capture_output=True, text=True, check=True
-        ).stdout
-    header = [line for line in LOCK.read_text().splitlines() if line.startswith("#")]
-    LOCK.write_text("\n".join(header) + "\n" + frozen)
-    log(f"wrote {LOCK.relative_to(ROOT)} ({len(frozen.splitlines())} packages)")
+        out = Path(tmp) / "requirements.lock"
+        shutil.copy2(LOCK, out)  # uv keeps the pins of an existing output file where they still fit
+        run(
+            "lock",
+            [
+                uv,
+                "pip",
+                "compile",
+                "pyproject.toml",
+                "--python-version=3.11",
+                "--python-platform=linux",
+                "--generate-hashes",
+                "--custom-compile-command=make lock",
+                *upgrade,
+                "-o",
+                str(out),
+            ],
+            cwd=ROOT,
+        )
+        LOCK.write_text(LOCK_HEADER + out.read_text())
+    log(f"wrote {LOCK.relative_to(ROOT)} ({len(locked())} packages)")
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,8 @@
 #   bash hack/images.sh import SOCKET [NAME ...]
 #       builds if needed, then `ctr -a SOCKET -n k8s.io images import`s each archive whose ref is
 #       not already there with the same manifest digest
-#   bash hack/images.sh lock                  regenerate images/requirements.lock (Python 3.11)
+#   bash hack/images.sh lock                  refresh images/requirements.lock with uv ($UV or on PATH;
+#                                             `make lock` installs the pinned uv and runs this)
 #
 # stdout: one line per image, `<name> <image ref> <archive path>`, e.g.
 #   worker apwa.local/apwa-worker:0123456789ab /root/.cache/apwa/images/apwa-worker-0123456789ab.oci.tar

@@ -44,10 +44,10 @@ def canon(name: str) -> str:
 
 def locked() -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "images" / "requirements.lock").read_text().splitlines():
+    for line in re.sub(r"\\\n", " ", (ROOT / "images" / "requirements.lock").read_text()).splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
+            name, _, version = line.split()[0].partition("==")
             pins[canon(name)] = version
     return pins
 
@@ -74,8 +74,15 @@ PYCS = {
 }
 
 
+PACKAGES_IN_IMAGE = "usr/share/apwa/debian-packages.txt"
+
+
 def keep_data(name: str) -> bool:
-    return name.startswith(("src/", "opt/apwa/bin/", "etc/coredns/")) or name == "opt/apwa/pyvenv.cfg" or name in PYCS
+    return (
+        name.startswith(("src/", "opt/apwa/bin/", "etc/coredns/"))
+        or name in ("opt/apwa/pyvenv.cfg", "var/lib/dpkg/status", PACKAGES_IN_IMAGE)
+        or name in PYCS
+    )
 
 
 def read_archive(name: str, ref: str, archive: Path) -> LocalImage:
@@ -371,3 +378,20 @@ def test_the_images_run(built, tmp_path: Path) -> None:
     # Nothing in the image is writable by the user outside /tmp (readOnlyRootFilesystem aside).
     proc = run_as_user(cfg, ["sh", "-c", "touch /opt/apwa/x || touch /src/x || touch /usr/x || echo denied"], {})
     assert proc.stdout.strip() == "denied", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_the_debian_package_versions_are_recorded(built, name: str) -> None:
+    # Next to the archive and inside the image: `dpkg-query -W` of the root the image was made from.
+    img = local(built, name)
+    record = img.archive.with_name(img.archive.name.removesuffix(".oci.tar") + ".debian-packages.txt")
+    text = record.read_text()
+    lines = (line.split("\t") for line in text.splitlines())
+    packages = {name.partition(":")[0]: version for name, version in lines}  # libc6:amd64 -> libc6
+    assert re.fullmatch(r"3\.11\.\d+-\S+", packages["python3.11"]), packages.get("python3.11")
+    assert {"python3", "python3-venv", "libc6", "libssl3"} <= set(packages)
+    assert img.data[PACKAGES_IN_IMAGE].decode() == text
+    # And it is what the image holds: the dpkg database of its root agrees on python3.11.
+    status = img.data["var/lib/dpkg/status"].decode()
+    m = re.search(r"(?m)^Package: python3\.11\n(?:[^\n]+\n)*?Version: (\S+)", status)
+    assert m and m.group(1) == packages["python3.11"]

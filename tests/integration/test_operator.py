@@ -180,6 +180,45 @@ def test_a_final_failure_is_not_retried(w: Workloads) -> None:
     assert any(c.type == "Failed" and c.reason == "PodFailurePolicy" for c in job.status.conditions)
     pods = w.core.list_namespaced_pod(w.ns, label_selector="batch.kubernetes.io/job-name=final-0").items
     assert len(pods) == 1  # no retry
+    assert entry["failedPods"] == 1
+
+
+def test_a_template_failjob_rule_fails_at_once_despite_backoff_limit(w: Workloads) -> None:
+    # The template's own podFailurePolicy, behind the operator's rule for 86: exit code 42 is final too.
+    env = {"KWOK_OUTCOME": "fail", "KWOK_EXIT_CODE": "42", "KWOK_MESSAGE": "quota exhausted"}
+    rules = [{"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}}]
+    templates = {"default": {"podTemplate": pod_template(env), "backoffLimit": 3, "podFailurePolicy": {"rules": rules}}}
+    w.create(workload("failjob", {"range": {"end": 1}}, templates=templates))
+    failed = w.wait_condition("failjob", "Failed", timeout=180)
+    entry = failed["status"]["failedSubtasks"][0]
+    assert (entry["reason"], entry["exitCode"], entry["failedPods"]) == ("PodFailurePolicy", 42, 1)
+    job = w.batch.read_namespaced_job("failjob-0", w.ns)
+    assert [r["action"] for r in job.to_dict()["spec"]["pod_failure_policy"]["rules"]] == ["FailJob", "FailJob"]
+    pods = w.core.list_namespaced_pod(w.ns, label_selector="batch.kubernetes.io/job-name=failjob-0").items
+    assert len(pods) == 1
+
+
+def test_an_ignored_failure_is_retried_without_counting(w: Workloads) -> None:
+    # kwok can only fail with an exit code (no DisruptionTarget condition), so the disruption is an
+    # exit code the template Ignores. backoffLimit 0 allows one pod; Ignore gives more, none counted.
+    env = {"KWOK_OUTCOME": "fail", "KWOK_EXIT_CODE": "137", "KWOK_MESSAGE": "evicted"}
+    rules = [
+        {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [137]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+    templates = {"default": {"podTemplate": pod_template(env), "backoffLimit": 0, "podFailurePolicy": {"rules": rules}}}
+    w.create(workload("ignored", {"range": {"end": 1}}, templates=templates))
+    selector = "batch.kubernetes.io/job-name=ignored-0"
+
+    def retried() -> list[Any] | None:
+        pods = w.core.list_namespaced_pod(w.ns, label_selector=selector).items
+        return pods if sum(p.status.phase == "Failed" for p in pods) >= 3 else None
+
+    wait_for(retried, 180, "three failed pods of ignored-0 (backoffLimit 0 allows one)")
+    job = w.batch.read_namespaced_job("ignored-0", w.ns)
+    assert not job.status.failed  # nothing counted against backoffLimit
+    assert not any(c.type == "Failed" and c.status == "True" for c in job.status.conditions or [])
+    assert w.get("ignored")["status"]["counts"]["failed"] == 0
 
 
 def test_suspend_and_resume(w: Workloads) -> None:

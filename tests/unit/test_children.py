@@ -1,6 +1,7 @@
 """Pure parts of the controller: reading child states, outcomes, the result store's encoding."""
 
 import base64
+import dataclasses
 import gzip
 import json
 
@@ -66,6 +67,10 @@ def test_outcome_of():
         reason="BackoffLimitExceeded",
         message="Job has reached the specified backoff limit",
     )
+    assert JobState.from_body({"metadata": {"name": "w-1"}, "status": {"failed": 4}}).failed_pods == 4
+    bad.failed_pods = 4
+    assert outcome_of(1, bad, PodResult("Failed", 4, "Error", "trace\n")).failed_pods == 4
+    bad.failed_pods = 0
     o = outcome_of(1, bad, PodResult("Failed", 4, "Error", "trace\n"))
     assert (o.succeeded, o.reason, o.exit_code, o.message) == (False, "BackoffLimitExceeded", 4, "trace")
     assert outcome_of(1, bad, None).message == "Job has reached the specified backoff limit"
@@ -74,16 +79,10 @@ def test_outcome_of():
 def test_store_roundtrip_and_compression():
     for o in (
         SubtaskOutcome(3, True, result=[1, "a"]),
-        SubtaskOutcome(4, False, reason="Error", message="m", exit_code=2),
+        SubtaskOutcome(4, False, reason="Error", message="m", exit_code=2, failed_pods=3),
     ):
         back = decode_outcome(o.index, json.loads(json.dumps(encode_outcome(o))))
-        assert (back.succeeded, back.result, back.reason, back.message, back.exit_code) == (
-            o.succeeded,
-            o.result,
-            o.reason,
-            o.message,
-            o.exit_code,
-        )
+        assert back == dataclasses.replace(o, job=None)  # the Job's name is not stored
     owner = Owner("w", "ns", "uid")
     small = config_map_body(owner, "w-results-0", b'{"x": 1}', {})
     assert small["data"]["results.json"] == '{"x": 1}' and small["metadata"]["ownerReferences"][0]["uid"] == "uid"

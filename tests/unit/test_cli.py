@@ -161,6 +161,7 @@ def test_failure_policy_stops_launching_and_reports(tmp_path: Path) -> None:
         "reason": "Error",
         "message": "odd 1",
         "exitCode": 3,
+        "failedPods": 1,
     }
 
 

@@ -1,6 +1,6 @@
 """The Dockerfiles, checked without a Docker engine (there is none here; tests/e2e builds them where
 there is): what they COPY exists and is not excluded by .dockerignore, what they run is a console
-script the package declares, the final stages run as a numeric non-root user on python:3.11-slim
+script the package declares, the final stages run as a numeric non-root user on python:3.11-slim-bookworm
 without build tools, and the package really builds from exactly the files the build stage copies.
 """
 
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {name: ROOT / "images" / name / "Dockerfile" for name in ("operator", "worker")}
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-BASE = "python:3.11-slim"
+BASE = "python:3.11-slim-bookworm"
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|make|build-essential|apt-get|apk|cc|clang|git)\b")
 
 
@@ -62,7 +62,12 @@ def parse(path: Path) -> list[Stage]:
             name, _, default = rest.partition("=")
             args[name] = default
         elif keyword == "FROM":
-            words = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest).split()
+            # ${NAME}, and ${NAME:+word}: word when NAME is set and not empty (the digest's "@").
+            words = re.sub(
+                r"\$\{(\w+)(?::\+([^}]*))?\}",
+                lambda m: args[m.group(1)] if m.group(2) is None else (m.group(2) if args[m.group(1)] else ""),
+                rest,
+            ).split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
             stages.append(Stage(base=words[0], name=name))
         else:
@@ -158,7 +163,7 @@ def test_commands_are_declared_console_scripts(image: str) -> None:
 def test_final_stage_is_slim_non_root_and_without_build_tools(image: str) -> None:
     stages = parse(IMAGES[image])
     assert len(stages) >= 2, f"{image}: not multi-stage"
-    assert all(s.base == BASE for s in stages), [s.base for s in stages]
+    assert all(s.base.partition("@")[0] == BASE for s in stages), [s.base for s in stages]
     final = stages[-1]
     users = final.all("USER")
     assert users, f"{image}: the final stage runs as root"
@@ -229,11 +234,13 @@ def test_lock_pins_every_dependency_of_the_package_exactly() -> None:
     from packaging.utils import canonicalize_name
 
     pins: dict[str, str] = {}
-    for line in LOCK.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
+    for line in re.sub(r"\\\n", " ", LOCK.read_text()).splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s;]*)", line.strip())
-        assert m, f"requirements.lock: not an exact pin: {line!r}"
+        m = re.fullmatch(
+            r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s;]*)((?:\s+--hash=sha256:[0-9a-f]{64})+)", line.strip()
+        )
+        assert m, f"requirements.lock: not an exact pin with its hashes: {line!r}"
         name = canonicalize_name(m.group(1))
         assert name not in pins, f"requirements.lock: {name} twice"
         pins[name] = m.group(2)
@@ -252,7 +259,18 @@ def test_dockerfile_installs_the_locked_versions(image: str) -> None:
     copied = [src for args in build.all("COPY") for src in copy_sources(args)[0]]
     assert "images/requirements.lock" in copied
     (run,) = [r for r in build.all("RUN") if "pip" in r]
-    assert re.search(r"install .*-r requirements\.lock \.$", run), run
+    # Hash-checked from the lock, then the package alone (its dependencies are all in the lock).
+    assert re.search(r"install .*--require-hashes --no-deps -r requirements\.lock\s+&&", run), run
+    assert re.search(r"install [^&]*--no-deps \.$", run), run
+
+
+def test_both_dockerfiles_pin_one_base_digest() -> None:
+    # One place to bump: the same ARG in both files, empty or a sha256 (the release refuses empty).
+    digests = {re.search(r"(?m)^ARG BASE_DIGEST=(.*)$", p.read_text()).group(1) for p in IMAGES.values()}
+    (digest,) = digests
+    assert digest == "" or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), digest
+    for stages in map(parse, IMAGES.values()):
+        assert {s.base for s in stages} == {f"{BASE}@{digest}" if digest else BASE}
 
 
 def test_local_image_refs_are_content_addressed() -> None:

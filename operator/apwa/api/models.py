@@ -194,6 +194,86 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
 
 
+# podFailurePolicy, as Kubernetes defines it (batch/v1 PodFailurePolicy), minus FailIndex: subtask
+# Jobs are not Indexed. Kubernetes' own limits: 20 rules, 255 exit codes, 20 pod conditions.
+MAX_POD_FAILURE_RULES = 20
+PodFailureAction = Literal["FailJob", "FailIndex", "Ignore", "Count"]
+
+
+class PodFailurePolicyOnExitCodes(Model):
+    """Exit codes of one container (or any container) that a rule matches."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.operator != 'In' || !(0 in self.values)", "onExitCodes: 0 cannot be used with operator In")
+            ]
+        }
+    )
+
+    container_name: str | None = Field(None, description="The container whose exit code counts (default: any).")
+    operator: Literal["In", "NotIn"] = Field(description="In: any of values; NotIn: none of values.")
+    values: list[int] = Field(
+        min_length=1, max_length=255, description="Exit codes, unique and ascending; 0 is not allowed with In."
+    )
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> PodFailurePolicyOnExitCodes:
+        if self.values != sorted(set(self.values)):
+            raise ValueError("onExitCodes.values must be unique and in ascending order")
+        if self.operator == "In" and 0 in self.values:
+            raise ValueError("onExitCodes.values: 0 cannot be used with operator In")
+        return self
+
+
+class PodFailurePolicyOnPodCondition(Model):
+    """A pod condition a rule matches (e.g. DisruptionTarget: the pod was evicted or preempted)."""
+
+    type: str = Field(min_length=1, description="Pod condition type, e.g. DisruptionTarget.")
+    status: Literal["True", "False", "Unknown"] = "True"
+
+
+class PodFailurePolicyRule(Model):
+    """One rule: the first rule that matches a failed pod decides what the failure means."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.action != 'FailIndex'",
+                    "action FailIndex needs an Indexed Job; a subtask's Job is not one: use FailJob",
+                ),
+                cel(
+                    "has(self.onExitCodes) != (has(self.onPodConditions) && size(self.onPodConditions) > 0)",
+                    "a rule needs exactly one of onExitCodes and onPodConditions",
+                ),
+            ]
+        }
+    )
+
+    action: PodFailureAction = Field(
+        description="FailJob: fail the subtask at once. Ignore: retry without counting against backoffLimit. "
+        "Count: count as usual. (FailIndex is for Indexed Jobs; subtask Jobs are not.)"
+    )
+    on_exit_codes: PodFailurePolicyOnExitCodes | None = None
+    on_pod_conditions: list[PodFailurePolicyOnPodCondition] | None = Field(None, max_length=20)
+
+    @model_validator(mode="after")
+    def _one_requirement(self) -> PodFailurePolicyRule:
+        if self.action == "FailIndex":
+            raise ValueError("action FailIndex needs an Indexed Job; a subtask's Job is not one: use FailJob")
+        if (self.on_exit_codes is None) == (not self.on_pod_conditions):
+            raise ValueError("a rule needs exactly one of onExitCodes and onPodConditions")
+        return self
+
+
+class PodFailurePolicy(Model):
+    """The subtask Job's podFailurePolicy (batch/v1). The operator puts its own first rule in front,
+    FailJob on the final exit code of apwa.worker (86), unless these rules already decide 86."""
+
+    rules: list[PodFailurePolicyRule] = Field(max_length=MAX_POD_FAILURE_RULES)
+
+
 class JobTemplate(Model):
     """A Job template: the pod template plus the Job-level knobs."""
 
@@ -225,6 +305,9 @@ class JobTemplate(Model):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete a finished subtask Job after this long (its result is kept)."
     )
+    pod_failure_policy: PodFailurePolicy | None = Field(
+        None, description="The Job's podFailurePolicy: which exit codes and pod conditions fail, retry or count."
+    )
 
     @model_validator(mode="after")
     def _has_containers(self) -> JobTemplate:
@@ -235,7 +318,18 @@ class JobTemplate(Model):
         for i, c in enumerate(containers):
             if not isinstance(c, dict) or not c.get("name"):
                 raise ValueError(f"podTemplate.spec.containers[{i}].name is required")
+        if self.pod_failure_policy:
+            _check_pod_failure_policy(self.pod_failure_policy, [c["name"] for c in containers])
         return self
+
+
+def _check_pod_failure_policy(policy: PodFailurePolicy, containers: list[str]) -> None:
+    """What Kubernetes checks against the pod template. (Room for the operator's own rule is checked
+    where that rule is added: rendering.)"""
+    for i, rule in enumerate(policy.rules):
+        name = rule.on_exit_codes.container_name if rule.on_exit_codes else None
+        if name is not None and name not in containers:
+            raise ValueError(f"podFailurePolicy.rules[{i}].onExitCodes.containerName {name!r} is not a container")
 
 
 class FailurePolicy(Model):
@@ -497,6 +591,9 @@ class FailedSubtask(Model):
     reason: str = ""
     message: str = ""
     exit_code: int | None = None
+    failed_pods: int | None = Field(
+        None, description="Pods that failed and counted against backoffLimit: 1 for a failure that was not retried."
+    )
 
 
 class ResultsRef(Model):

@@ -44,6 +44,8 @@ def encode_outcome(o: SubtaskOutcome) -> dict[str, Any]:
     entry: dict[str, Any] = {"ok": False, "reason": o.reason, "message": o.message}
     if o.exit_code is not None:
         entry["exitCode"] = o.exit_code
+    if o.failed_pods:
+        entry["failedPods"] = o.failed_pods
     return entry
 
 
@@ -51,7 +53,12 @@ def decode_outcome(index: int, entry: dict[str, Any]) -> SubtaskOutcome:
     if entry.get("ok"):
         return SubtaskOutcome(index, True, result=entry.get("result"), stored=entry.get("stored"))
     return SubtaskOutcome(
-        index, False, reason=entry.get("reason", ""), message=entry.get("message", ""), exit_code=entry.get("exitCode")
+        index,
+        False,
+        reason=entry.get("reason", ""),
+        message=entry.get("message", ""),
+        exit_code=entry.get("exitCode"),
+        failed_pods=entry.get("failedPods"),
     )
 
 

@@ -42,6 +42,7 @@ class JobState:
     suspended: bool = False
     finished_at: float | None = None  # epoch seconds, from the Job's condition
     uid: str = ""
+    failed_pods: int = 0  # status.failed: failures counted against backoffLimit (Ignored ones are not)
 
     @classmethod
     def from_body(cls, job: dict[str, Any]) -> JobState:
@@ -50,6 +51,7 @@ class JobState:
             name=job["metadata"]["name"],
             suspended=bool((job.get("spec") or {}).get("suspend")),
             uid=job["metadata"].get("uid", ""),
+            failed_pods=int(status.get("failed") or 0),
         )
         for c in status.get("conditions") or []:
             if c.get("status") != "True":
@@ -145,6 +147,7 @@ def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutco
         message=text or job.message,
         exit_code=pod.exit_code if pod else None,
         job=job.name,
+        failed_pods=job.failed_pods or None,
     )
 
 

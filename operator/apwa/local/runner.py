@@ -37,10 +37,13 @@ from apwa.core import (
 from apwa.core.children import DEADLINE_EXCEEDED, JOB_COMPLETE, POD_FAILED, POD_SUCCEEDED
 from apwa.planning import Subtask
 from apwa.rendering import Owner, render_job, render_reduce_job
-from apwa.results import FINAL_EXIT_CODE, Aggregate
+from apwa.rendering.failure_policy import action_for
+from apwa.results import Aggregate
 
 LOG_TAIL_BYTES = 2048
 LOG_TAIL_LINES = 80
+# A cluster retries failures a podFailurePolicy Ignores without end; a local run stops at this many attempts.
+MAX_LOCAL_ATTEMPTS = 100
 
 
 class LocalRunError(Exception):
@@ -176,8 +179,12 @@ class LocalRunner:
         limit = job["spec"]["backoffLimit"]
         deadline_s = job["spec"].get("activeDeadlineSeconds")
         deadline = time.monotonic() + deadline_s if deadline_s else None
+        policy = job["spec"].get("podFailurePolicy") or {}
+        main = job["spec"]["template"]["spec"]["containers"][0]["name"]
         attempt: _Attempt | None = None
-        for n in range(limit + 1):
+        counted = n = 0  # failures counted against backoffLimit; attempts
+        while counted <= limit:
+            n += 1
             for s, (argv, env) in enumerate(steps):
                 env = {**env, **extra_env, "APWA_RESULT_PATH": str(self.tmp / f"{key}.{s}.result")}
                 attempt = await self._run_step(argv, env, deadline, self.tmp / f"{key}.{n}.{s}.log")
@@ -189,12 +196,21 @@ class LocalRunner:
             if attempt.timed_out:
                 # As on a cluster: the deadline kills the pod, the Job's message says why.
                 return _ended(name, False, DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({deadline_s}s) exceeded"), None
-            if attempt.exit_code == FINAL_EXIT_CODE:
-                break  # as the rendered podFailurePolicy does: a final failure is not retried
+            # As the Job controller applies the rendered podFailurePolicy (exit codes; no pod
+            # conditions here): FailJob ends it now (the final exit code), Ignore retries uncounted.
+            action = action_for(policy, main, attempt.exit_code) if attempt.exit_code is not None else None
+            if action == "FailJob":
+                return _ended(name, False, "PodFailurePolicy", failed_pods=counted + 1), PodResult(
+                    POD_FAILED, attempt.exit_code, "Error", attempt.result_text or attempt.log_tail
+                )
+            if action != "Ignore":
+                counted += 1
+            if n >= MAX_LOCAL_ATTEMPTS:
+                break
         assert attempt is not None
         # Locally "Error" when there were no retries: the process's own failure, not a limit.
         reason = "BackoffLimitExceeded" if limit else "Error"
-        return _ended(name, False, reason), PodResult(
+        return _ended(name, False, reason, failed_pods=counted), PodResult(
             POD_FAILED, attempt.exit_code, "Error", attempt.result_text or attempt.log_tail
         )
 
@@ -296,8 +312,10 @@ def _read_outputs(result: Path, log: Path) -> tuple[str, str]:
     return (result.read_text(errors="replace") if result.exists() else ""), tail
 
 
-def _ended(name: str, succeeded: bool, reason: str, message: str = "") -> JobState:
-    return JobState(name=name, finished=True, succeeded=succeeded, reason=reason, message=message)
+def _ended(name: str, succeeded: bool, reason: str, message: str = "", failed_pods: int = 0) -> JobState:
+    return JobState(
+        name=name, finished=True, succeeded=succeeded, reason=reason, message=message, failed_pods=failed_pods
+    )
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

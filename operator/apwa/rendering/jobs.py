@@ -11,10 +11,11 @@ from apwa import API_VERSION, KIND
 from apwa.api.models import Isolation, JobTemplate, ParallelWorkloadSpec, StoreSpec
 from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
+from apwa.rendering.failure_policy import pod_failure_policy
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
 from apwa.results.keys import OUTCOME_CHUNK, workload_root
-from apwa.results.protocol import FINAL_EXIT_CODE, message_budget
+from apwa.results.protocol import message_budget
 
 LABEL_WORKLOAD = "apwa.dev/workload"
 LABEL_UID = "apwa.dev/workload-uid"
@@ -283,16 +284,13 @@ def _job(
     if template.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = template.active_deadline_seconds
     # A worker that marks its failure final (apwa.worker.fail(..., final=True)) exits with
-    # FINAL_EXIT_CODE: the Job fails at once instead of spending its backoffLimit on a hopeless retry.
+    # FINAL_EXIT_CODE: the Job fails at once instead of spending its backoffLimit on a hopeless retry
+    # (unless the template's own podFailurePolicy decides that exit code).
     main = pod_spec["containers"][0].get("name", "")
-    job_spec["podFailurePolicy"] = {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {"containerName": main, "operator": "In", "values": [FINAL_EXIT_CODE]},
-            }
-        ]
-    }
+    try:
+        job_spec["podFailurePolicy"] = pod_failure_policy(template, main)
+    except ValueError as e:
+        raise RenderError(f"spec.templates.{template_name}.podFailurePolicy", str(e)) from None
     # No ttlSecondsAfterFinished here on purpose: the operator sets the template's TTL only after
     # it has stored the subtask's outcome, so a TTL can never delete an unrecorded result.
     meta = metadata(owner, name, labels)

@@ -28,6 +28,7 @@ class SubtaskOutcome:
     job: str | None = None
     # A result kept in the object store: {"key", "size", "sha256"?}; `result` is then None.
     stored: dict[str, Any] | None = None
+    failed_pods: int | None = None  # pods that failed and counted against backoffLimit
 
 
 def failure_entry(o: SubtaskOutcome) -> dict[str, Any]:
@@ -37,6 +38,8 @@ def failure_entry(o: SubtaskOutcome) -> dict[str, Any]:
         entry["job"] = o.job
     if o.exit_code is not None:
         entry["exitCode"] = o.exit_code
+    if o.failed_pods:
+        entry["failedPods"] = o.failed_pods
     return entry
 
 
