@@ -258,7 +258,9 @@ cmd_up() {
     fi
 
     if ! exists; then
-      port_free "$apiserver_port" || die "port $apiserver_port (the API server's) is taken by: $(port_owner "$apiserver_port"); free it or set APWA_APISERVER_PORT"
+      # A just-deleted cluster's API server may still be closing its listener: give it 20 s.
+      wait_until 20 "port $apiserver_port to be free" port_free "$apiserver_port" ||
+        die "port $apiserver_port (the API server's) is taken by: $(port_owner "$apiserver_port"); free it or set APWA_APISERVER_PORT"
       log "creating cluster $name (workdir $KWOK_WORKDIR)"
       if ! "$bin/kwokctl" --name "$name" -c "$gen_conf" -c "$stages" create cluster \
           --runtime binary --kubeconfig "$kc" --wait "${timeout_s}s" >&2 9>&-; then

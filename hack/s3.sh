@@ -48,6 +48,7 @@ endpoint="http://127.0.0.1:$port"
 log() { printf '[s3] %s\n' "$*" >&2; }
 
 build() {
+  mkdir -p "$cache"
   [ -x "$bin" ] || flock "$cache/.build.lock" bash "$here/hack/testenv-build.sh" versitygw >/dev/null
   echo "$bin"
 }
