@@ -206,3 +206,18 @@ def test_reduce_reads_json_lines_one_at_a_time(tmp_path: Any, monkeypatch: pytes
     monkeypatch.setenv("APWA_COUNT", "2")
     assert list(worker.iter_results()) == [(0, "a")]
     assert worker.results() == {"total": 2, "succeeded": 1, "failed": [1], "results": [{"index": 0, "result": "a"}]}
+
+
+def test_the_store_example_runs_locally_without_a_store() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "store" / "large-results.yaml"
+    apwa = str(Path(sys.executable).parent / "apwa")
+    out = subprocess.run([apwa, "run", "--local", "-q", str(example)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["status"]["result"] == {"reports": 8, "findings": 16000}
+    assert "spec.store is not used locally" in out.stderr

@@ -89,6 +89,14 @@ class Progress:
         self.stream.flush()
 
 
+def _read_output(path: Path) -> str | None:
+    """A result the worker left in $APWA_OUTPUT_PATH (what the store sidecar would upload)."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+
+
 def _notice(stream: TextIO, text: str) -> None:
     stream.write(f"notice: {text}\n")
 
@@ -123,13 +131,18 @@ class LocalRunner:
     def __init__(self, workload: ParallelWorkload, subtasks: list[Subtask], *, stream: TextIO, progress: bool) -> None:
         self.workload = workload
         # Nothing here resumes a suspended run: a local run ignores spec.suspend, as it always has.
-        self.spec = workload.spec.model_copy(update={"suspend": False})
+        self.spec = workload.spec.model_copy(update={"suspend": False, "store": None})
+        # No object store locally: a result of any size written to $APWA_OUTPUT_PATH is read
+        # straight from that file, as the store sidecar would have uploaded it.
+        self.store_notice = workload.spec.store is not None
         self.subtasks = subtasks
         self.stream = stream
         self.owner = Owner(workload.metadata.name, workload.metadata.namespace, None, workload.metadata.labels or {})
         self.agg = Aggregate(total=len(subtasks))
         self.progress = Progress(len(subtasks), stream, progress)
         self.notices: set[str] = set()
+        if self.store_notice:
+            self.notices.add("spec.store is not used locally: results of any size are read from $APWA_OUTPUT_PATH")
         self.procs: set[asyncio.subprocess.Process] = set()
         self.spawned: list[asyncio.subprocess.Process] = []  # every process ever started
         self.jobs = [render_job(self.owner, self.spec, s, len(subtasks)) for s in subtasks]
@@ -185,14 +198,20 @@ class LocalRunner:
         counted = n = 0  # failures counted against backoffLimit; attempts
         while counted <= limit:
             n += 1
+            output = self.tmp / f"{key}.output"
+            _remove(output)  # an earlier attempt's output is not this one's
             for s, (argv, env) in enumerate(steps):
                 env = {**env, **extra_env, "APWA_RESULT_PATH": str(self.tmp / f"{key}.{s}.result")}
+                if self.store_notice:
+                    env["APWA_OUTPUT_PATH"] = str(output)
                 attempt = await self._run_step(argv, env, deadline, self.tmp / f"{key}.{n}.{s}.log")
                 if attempt.exit_code != 0:
                     break
             assert attempt is not None
             if attempt.exit_code == 0:
-                return _ended(name, True, JOB_COMPLETE), PodResult(POD_SUCCEEDED, 0, "Completed", attempt.result_text)
+                text = _read_output(output) if self.store_notice else None
+                message = attempt.result_text if text is None else text
+                return _ended(name, True, JOB_COMPLETE), PodResult(POD_SUCCEEDED, 0, "Completed", message)
             if attempt.timed_out:
                 # As on a cluster: the deadline kills the pod, the Job's message says why.
                 return _ended(name, False, DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({deadline_s}s) exceeded"), None
