@@ -79,7 +79,7 @@ async def upload(wait: bool = True) -> int:
                 print(f"upload failed, retrying: {e.message}", file=sys.stderr, flush=True)
                 await asyncio.sleep(min(backoff.next(), left - 1.0))
                 continue
-            _message(encode_failure(f"the result could not be stored: {e.message}", final=False))
+            _message(encode_failure(e.message, final=False))
             return 1
         _message(encode_stored(size, digest))
         print(f"stored {size} bytes as {key}", file=sys.stderr, flush=True)

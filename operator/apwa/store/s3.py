@@ -224,5 +224,7 @@ def _short(e: BaseException) -> str:
         message = re.search(r"<Message>([^<]*)</Message>", text)
         return f"{code.group(1)}: {message.group(1)}" if message else code.group(1)
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    first = re.sub(r"\s*Debug source:.*", "", first)
-    return first if len(first) <= 300 else first[:300] + "..."
+    # obstore ends its first line with the cause ("... after 3 retries ... - HTTP error: error
+    # sending request"): the cause is what a person acts on.
+    cause = first.rsplit(" - ", 1)[-1].strip()
+    return cause if len(cause) <= 200 else cause[:200] + "..."
