@@ -49,6 +49,13 @@ def _data_for(workload: ParallelWorkload, manifests: Manifests, extra: dict[str,
                 no_key("ConfigMap", ref.name, ref.key, cms[ref.name]),
             )
         return cms[ref.name][ref.key]
+    if d.objects is not None:
+        raise PlanningError(
+            "spec.decomposition.objects",
+            f"the objects under prefix {d.objects.prefix!r} are listed by the operator on a cluster, with the "
+            "credentials of spec.store's Secret, and each pod downloads its own; `apwa plan` and `apwa run --local` "
+            "can't do either: kubectl apply the workload on a cluster that runs the APWA operator",
+        )
     if d.planner is not None:
         from apwa.clients.planners import plan_offline
 
@@ -108,6 +115,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for w in manifests.workloads:
         if w.spec.decomposition.planner is not None:
             print(f"{args.file}: ParallelWorkload {w.metadata.name} is valid (dynamic plan not called)")
+            continue
+        if w.spec.decomposition.objects is not None:
+            print(f"{args.file}: ParallelWorkload {w.metadata.name} is valid (objects not listed: the operator does)")
             continue
         subtasks = plan(w.spec, data=_data_for(w, manifests, extra), max_subtasks=args.max_subtasks)
         owner = Owner(w.metadata.name, w.metadata.namespace)

@@ -4,6 +4,7 @@
     item = worker.item()                       # this subtask's item (any JSON value)
     worker.emit({"lines": 42})                 # the result (4 KiB at most, unless there is a store)
     worker.fail("not a CSV file", final=True)  # or give up: final = don't retry
+    worker.inputs()                            # decomposition.objects: this subtask's input files
 
 A reduce step reads every result with `worker.results()` (or `worker.iter_results()`, one at a
 time, for results that don't fit in memory together). Nothing here needs a cluster: the operator
@@ -44,6 +45,18 @@ def count() -> int:
 
 def workload() -> str:
     return os.environ.get("APWA_WORKLOAD", "")
+
+
+def inputs() -> list[Path]:
+    """decomposition.objects: this subtask's input files, in key order. The pod's fetch container
+    downloaded them into $APWA_INPUT_DIR (read-only) before this container started."""
+    from apwa.planning.objects import input_name
+
+    directory = os.environ.get("APWA_INPUT_DIR")
+    if not directory:
+        raise RuntimeError("$APWA_INPUT_DIR is not set: only decomposition.objects subtasks have input files")
+    prefix = os.environ.get("APWA_INPUT_PREFIX", "")
+    return [Path(directory) / input_name(prefix, key) for key in item()["keys"]]
 
 
 def emit(value: Any) -> None:

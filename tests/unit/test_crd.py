@@ -32,7 +32,7 @@ def test_schema_is_structural():
 def test_cel_rules_cover_the_issue():
     text = json.dumps(crd())
     for needle in [
-        "exactly one of items, range, shards, matrix, configMapRef, planner must be set",
+        "exactly one of items, range, shards, matrix, configMapRef, planner, objects must be set",
         "range.end must be greater than range.start",
         "decomposition is immutable once set",
         "templates are immutable once set",

@@ -490,9 +490,10 @@ def test_http_redirect_is_not_followed() -> None:
 
 # ---- the stored plan (operator side, pure parts) --------------------------------------------------
 def test_stored_plan_round_trip_large_and_small() -> None:
+    import asyncio
     from types import SimpleNamespace
 
-    from apwa.controller.dynamic import PLAN_KEY, _items_of, _plan_body
+    from apwa.controller.dynamic import FIELD, PLAN_KEY, _items_of, _plan_body
     from apwa.rendering import Owner
 
     runner: Any = SimpleNamespace(owner=Owner("wl", "ns", "uid-1", {"team": "a"}), uid="uid-1")
@@ -504,11 +505,11 @@ def test_stored_plan_round_trip_large_and_small() -> None:
         assert list(body[section]) == [PLAN_KEY]
         assert body["metadata"]["labels"]["apwa.dev/role"] == "plan"
         assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-        assert _items_of(runner, body) == items
+        assert asyncio.run(_items_of(runner, body, FIELD, None)) == items
 
     other: Any = SimpleNamespace(owner=runner.owner, uid="uid-2")
     with pytest.raises(PlanningError, match="not this workload's plan"):
-        _items_of(other, body)
+        asyncio.run(_items_of(other, body, FIELD, None))
     broken = {**body, "binaryData": {PLAN_KEY: "bm90IGpzb24="}}
     with pytest.raises(PlanningError, match="unreadable"):
-        _items_of(runner, broken)
+        asyncio.run(_items_of(runner, broken, FIELD, None))

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from apwa import API_VERSION, KIND
 
 DEFAULT_TEMPLATE = "default"
-STRATEGIES = ("items", "range", "shards", "matrix", "configMapRef", "planner")
+STRATEGIES = ("items", "range", "shards", "matrix", "configMapRef", "planner", "objects")
 # Beyond this many items the spec itself would approach etcd's object size limit; larger
 # inputs belong in a ConfigMap (or several shards of work per subtask).
 MAX_INLINE_ITEMS = 10_000
@@ -136,6 +136,30 @@ class PlannerSpec(Model):
         return self
 
 
+class ObjectsSpec(Model):
+    """Inputs from the store: one subtask per object under `prefix` of spec.store's bucket, or per
+    group of consecutive objects (in key order) within the limits below (docs/inputs.md)."""
+
+    # Listed once by the operator and stored before the first Job, like a planner's answer.
+    prefix: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[^/].*/$",
+        description="The 'folder' of the input objects in spec.store's bucket: a key prefix ending in '/', without "
+        "a leading '/', independent of spec.store.s3.prefix, e.g. 'datasets/logs/2026-11/'. Every object under it, "
+        "at any depth, is an input; keys ending in '/' (folder markers) are skipped.",
+    )
+    max_objects_per_subtask: int = Field(
+        1, ge=1, le=10_000, description="At most this many objects per subtask (consecutive in key order)."
+    )
+    max_bytes_per_subtask: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many bytes of objects per subtask; an object larger than this gets a "
+        "subtask of its own. Unset: no byte limit.",
+    )
+
+
 class Decomposition(Model):
     """How the workload splits into subtasks. Exactly one strategy must be set."""
 
@@ -170,6 +194,7 @@ class Decomposition(Model):
     )
     config_map_ref: ConfigMapSource | None = None
     planner: PlannerSpec | None = None
+    objects: ObjectsSpec | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Decomposition:
@@ -511,8 +536,13 @@ class ParallelWorkloadSpec(Model):
                 ),
                 cel(
                     "'default' in self.templates || !(has(self.decomposition.range) || "
-                    "has(self.decomposition.shards) || has(self.decomposition.matrix))",
-                    "spec.templates needs a 'default' template (range, shards and matrix subtasks use it)",
+                    "has(self.decomposition.shards) || has(self.decomposition.matrix) || "
+                    "has(self.decomposition.objects))",
+                    "spec.templates needs a 'default' template (range, shards, matrix and objects subtasks use it)",
+                ),
+                cel(
+                    "!has(self.decomposition.objects) || has(self.store)",
+                    "decomposition.objects needs spec.store",
                 ),
             ]
         }
@@ -555,6 +585,8 @@ class ParallelWorkloadSpec(Model):
                 f"results.reduce.template {self.results.reduce.template!r} is not in spec.templates "
                 f"(have: {', '.join(sorted(self.templates))})"
             )
+        if self.decomposition.objects is not None and self.store is None:
+            raise ValueError("decomposition.objects needs spec.store (the bucket the objects are listed from)")
         # Items that name a template are checked by the planner (it sees ConfigMap and planner data too).
         return self
 

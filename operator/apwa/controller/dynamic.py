@@ -5,6 +5,9 @@ gzip-compressed when large). Every run of the operator reads it first, so a rest
 after the planner answered (even before the first Job) asks nothing again and builds the same
 subtasks. Two runs racing to store (an old operator still finishing while a new one starts)
 resolve through the API server: creation is atomic, and the loser adopts the winner's plan.
+`keep_plan` is that mechanism for any plan computed once; a plan too big for the ConfigMap
+(inputs listed from a store, controller/inputs.py) goes through an `Offload` (an object in the
+bucket) and the ConfigMap holds a pointer to it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from apwa.api.models import ParallelWorkloadSpec, PlannerSpec
 from apwa.api.vocabulary import Role
@@ -66,49 +69,83 @@ def plan_config_map_name(workload: str) -> str:
     return child_name(workload, "plan")
 
 
+class Offload(Protocol):
+    """Somewhere to keep a plan too big for its ConfigMap; the ConfigMap then holds the pointer
+    that `put` returns, and is still what decides (created once, atomically) which plan it is."""
+
+    async def put(self, payload: bytes) -> dict[str, Any]: ...
+
+    async def get(self, pointer: dict[str, Any]) -> dict[str, Any]:
+        """The stored document; PlanningError (or Stalled) naming the object when it can't be had."""
+        ...
+
+
+# A header for the stored document (what made the plan) and the plan's items.
+Compute = Callable[[], Awaitable[tuple[dict[str, Any], list[Any]]]]
+
+
 async def stored_plan(ctx: PlanContext, spec: ParallelWorkloadSpec) -> list[Any]:
     """The workload's plan items: the stored ones, else the planner's answer, stored first."""
     p = planner_of(spec)
+
+    async def ask_planner() -> tuple[dict[str, Any], list[Any]]:
+        api_key, key_source = await _api_key(ctx, p)
+        context = await _context(ctx, p)
+        what = f"model {p.model!r} at " if p.model else ""
+        await ctx.report_planning(f"{p.type} planner ({what}{display_url(p.url)})")
+        items = await ask(
+            spec,
+            workload=ctx.name,
+            namespace=ctx.namespace,
+            context=context,
+            api_key=api_key,
+            key_source=key_source,
+            max_subtasks=ctx.max_subtasks,
+        )
+        planner = {"type": p.type, "url": display_url(p.url), **({"model": p.model} if p.model else {})}
+        return {"planner": planner}, items
+
+    def too_big(count: int, stored: int) -> PlanningError:
+        return PlanningError(
+            f"{FIELD}.maxSubtasks",
+            f"the plan of {count} subtasks takes {stored} bytes even compressed, more than a ConfigMap holds; "
+            f"lower {FIELD}.maxSubtasks or have the planner return shorter subtasks",
+        )
+
+    return await keep_plan(ctx, FIELD, ask_planner, too_big=too_big)
+
+
+async def keep_plan(
+    ctx: PlanContext,
+    field: str,
+    compute: Compute,
+    *,
+    too_big: Callable[[int, int], PlanningError],
+    offload: Offload | None = None,
+) -> list[Any]:
+    """The stored plan's items, else `compute`'s, stored first (in ConfigMap `<workload>-plan`;
+    through `offload` with a pointer in the ConfigMap when they don't fit). `field` names the
+    spec field that problems are reported under."""
     name = plan_config_map_name(ctx.name)
     path = ns_path("v1", ctx.namespace, "configmaps")
     existing = await ctx.kube.get(f"{path}/{name}")
     if existing is not None:
-        return _items_of(ctx, existing)
-
-    api_key, key_source = await _api_key(ctx, p)
-    context = await _context(ctx, p)
-    what = f"model {p.model!r} at " if p.model else ""
-    await ctx.report_planning(f"{p.type} planner ({what}{display_url(p.url)})")
-    items = await ask(
-        spec,
-        workload=ctx.name,
-        namespace=ctx.namespace,
-        context=context,
-        api_key=api_key,
-        key_source=key_source,
-        max_subtasks=ctx.max_subtasks,
-    )
-    payload = json.dumps(
-        {
-            "planner": {"type": p.type, "url": display_url(p.url), **({"model": p.model} if p.model else {})},
-            "plannedAt": now_iso(),
-            "subtasks": items,
-        },
-        separators=(",", ":"),
-    ).encode()
+        return await _items_of(ctx, existing, field, offload)
+    header, items = await compute()
+    document = {**header, "plannedAt": now_iso()}
+    payload = _json({**document, "subtasks": items})
     body = _plan_body(ctx, name, payload)
     stored = len(json.dumps(body.get("data") or body.get("binaryData")))
     if stored > MAX_STORED_BYTES:
-        raise PlanningError(
-            f"{FIELD}.maxSubtasks",
-            f"the plan of {len(items)} subtasks takes {stored} bytes even compressed, more than a ConfigMap holds; "
-            f"lower {FIELD}.maxSubtasks or have the planner return shorter subtasks",
-        )
+        if offload is None:
+            raise too_big(len(items), stored)
+        pointer = await offload.put(payload)
+        body = _plan_body(ctx, name, _json({**document, "subtaskCount": len(items), "storedAs": pointer}))
     try:
         created, _ = await ctx.kube.create(path, body)
     except ApiError as e:
         if e.status in (400, 413, 422):
-            raise PlanningError(FIELD, f"storing the plan in ConfigMap {name!r} was refused: {e.message}") from None
+            raise PlanningError(field, f"storing the plan in ConfigMap {name!r} was refused: {e.message}") from None
         raise
     if created:
         log.info("workload %s/%s: stored a plan of %d subtasks in %s", ctx.namespace, ctx.name, len(items), name)
@@ -117,9 +154,13 @@ async def stored_plan(ctx: PlanContext, spec: ParallelWorkloadSpec) -> list[Any]
     # have Jobs), this answer is dropped.
     existing = await ctx.kube.get(f"{path}/{name}")
     if existing is None:
-        raise PlanningError(FIELD, f"the stored plan {name!r} disappeared while being read; planning again")
+        raise PlanningError(field, f"the stored plan {name!r} disappeared while being read; planning again")
     log.info("workload %s/%s: another run stored the plan first; using it", ctx.namespace, ctx.name)
-    return _items_of(ctx, existing)
+    return await _items_of(ctx, existing, field, offload)
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _plan_body(ctx: PlanContext, name: str, payload: bytes) -> dict[str, Any]:
@@ -131,14 +172,14 @@ def _plan_body(ctx: PlanContext, name: str, payload: bytes) -> dict[str, Any]:
     return body
 
 
-def _items_of(ctx: PlanContext, cm: dict[str, Any]) -> list[Any]:
+async def _items_of(ctx: PlanContext, cm: dict[str, Any], field: str, offload: Offload | None) -> list[Any]:
     name = cm["metadata"]["name"]
     owners = cm["metadata"].get("ownerReferences") or []
     if not any(o.get("uid") == ctx.uid for o in owners):
         # Usually an earlier workload of the same name whose children are still being garbage
         # collected: its plan must not be taken for this one's.
         raise PlanningError(
-            FIELD,
+            field,
             f"ConfigMap {name!r} exists but is not this workload's plan (an earlier workload of the same name "
             "still being deleted?); it is used once it is gone, or delete it",
         )
@@ -147,15 +188,22 @@ def _items_of(ctx: PlanContext, cm: dict[str, Any]) -> list[Any]:
         for section in ("data", "binaryData")
         if PLAN_KEY in (values := cm.get(section) or {})
     }
+    unreadable = f"the stored plan in ConfigMap {name!r} is unreadable"
     try:
-        items = json.loads(read_payload(renamed))["subtasks"]
-    except (ValueError, KeyError, TypeError, OSError, EOFError) as e:
-        raise PlanningError(
-            FIELD, f"the stored plan in ConfigMap {name!r} is unreadable ({type(e).__name__}); delete it to plan again"
-        ) from None
+        document = json.loads(read_payload(renamed))
+        pointer = document.get("storedAs") if offload is not None else None
+    except (ValueError, TypeError, AttributeError, OSError, EOFError) as e:
+        raise PlanningError(field, f"{unreadable} ({type(e).__name__}); delete it to plan again") from None
+    if pointer is not None:
+        assert offload is not None
+        document = await offload.get(pointer)  # its own errors name the object
+    try:
+        items = document["subtasks"]
+    except (KeyError, TypeError) as e:
+        raise PlanningError(field, f"{unreadable} ({type(e).__name__}); delete it to plan again") from None
     if not isinstance(items, list):
         raise PlanningError(
-            FIELD, f"the stored plan in ConfigMap {name!r} has no subtask list; delete it to plan again"
+            field, f"the stored plan in ConfigMap {name!r} has no subtask list; delete it to plan again"
         )
     return items
 

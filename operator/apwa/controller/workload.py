@@ -26,6 +26,7 @@ from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
 from apwa.controller.dynamic import PlanContext, stored_plan
 from apwa.controller.effects import Creations, StatusWriter, event_body
+from apwa.controller.inputs import object_plan
 from apwa.controller.store import KEY, ConfigMapChunks, ObjectChunks, ResultStore, config_map_body, open_bucket
 from apwa.core import (
     RESYNC_SECONDS,
@@ -374,8 +375,10 @@ class WorkloadRunner:
         d = spec.decomposition
         if d.config_map_ref is not None:
             return await self._config_map_data(d.config_map_ref.name, d.config_map_ref.key)
-        if d.planner is not None:
+        if d.planner is not None or d.objects is not None:
             context = PlanContext(self.kube, self.owner, self.settings.max_subtasks, self._report_planning)
+            if d.objects is not None:
+                return await object_plan(context, spec, self.owner.store_root(spec))
             return await stored_plan(context, spec)
         return None
 

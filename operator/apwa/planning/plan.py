@@ -46,7 +46,7 @@ def plan(
         if isinstance(data, str):
             data = configmap.parse(data, d.config_map_ref.format, field=field)
         values = data
-    elif strategy == "planner":
+    elif strategy in ("planner", "objects"):
         if data is None:
             raise PlanningError(field, "the workload has no stored plan yet")
         if isinstance(data, str):

@@ -99,7 +99,7 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
     labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value}
     if spec.store is not None:
         env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
-    return _job(
+    job = _job(
         owner,
         spec,
         subtask.template,
@@ -109,6 +109,9 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         env=env,
         context=context,
     )
+    if spec.decomposition.objects is not None:
+        _fetch_inputs(job["spec"]["template"]["spec"], owner, spec, item_json)
+    return job
 
 
 def render_reduce_job(
@@ -167,6 +170,31 @@ def _fetch_results(pod: dict[str, Any], owner: Owner, store: StoreSpec, root: st
         c["env"] = [e for e in c.get("env") or [] if e.get("name") != "APWA_RESULTS_PATH"] + [
             {"name": "APWA_RESULTS_PATH", "value": path},
             {"name": "APWA_COUNT", "value": str(total)},
+        ]
+
+
+def _fetch_inputs(pod: dict[str, Any], owner: Owner, spec: ParallelWorkloadSpec, item_json: str) -> None:
+    """decomposition.objects: an init container downloads the item's objects into a volume that the
+    main containers read at INPUT_MOUNT (named by their keys minus the prefix), so they never need
+    the store's credentials (docs/inputs.md)."""
+    assert spec.store is not None and spec.decomposition.objects is not None
+    inputs = {"APWA_INPUT_DIR": INPUT_MOUNT, "APWA_INPUT_PREFIX": spec.decomposition.objects.prefix}
+    env = {**_store_env(spec.store, owner.store_root(spec)), **inputs, "APWA_ITEM": item_json}
+    fetch = {
+        "name": STORE_FETCH,
+        "image": owner.sidecar_image,
+        "command": ["apwa-store", "fetch-inputs"],
+        "env": [{"name": k, "value": v} for k, v in env.items()] + _credentials(spec.store),
+        "volumeMounts": [{"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT}],
+        "securityContext": {**_RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod["initContainers"] = [fetch, *(pod.get("initContainers") or [])]
+    pod.setdefault("volumes", []).append({"name": INPUT_VOLUME, "emptyDir": {}})
+    for c in pod["containers"]:
+        c.setdefault("volumeMounts", []).append({"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT, "readOnly": True})
+        c["env"] = [e for e in c.get("env") or [] if e.get("name") not in inputs] + [
+            {"name": k, "value": v} for k, v in inputs.items()
         ]
 
 

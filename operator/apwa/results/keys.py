@@ -4,6 +4,7 @@
     <prefix><namespace>/<name>-<uid>/reduce/<pod uid>               the reduce pod's result
     <prefix><namespace>/<name>-<uid>/outcomes/<chunk:06>.json       recorded outcomes, by index
     <prefix><namespace>/<name>-<uid>/plan.json                      a stored plan too big for etcd
+    <prefix><namespace>/<name>-<uid>/plan-<sha256:16>.json.gz       the same, content-addressed (inputs)
 
 The workload's uid makes a re-created workload of the same name start afresh; the pod's uid
 gives every attempt of a subtask its own object, so a retried pod never overwrites (or is
@@ -39,3 +40,9 @@ def outcome_chunk_key(root: str, chunk: int) -> str:
 
 def plan_key(root: str) -> str:
     return f"{root}plan.json"
+
+
+def plan_object_key(root: str, digest: str) -> str:
+    """A stored plan named by its content (the sha256 of the gzip bytes): two operators racing to
+    store a plan write different objects, and the ConfigMap that points at one decides which."""
+    return f"{root}plan-{digest[:16]}.json.gz"

@@ -8,6 +8,10 @@
     apwa-store fetch-results   an init container of the reduce pod: streams every recorded
                                outcome, in index order, stored results resolved, into
                                $APWA_RESULTS_PATH as JSON lines.
+    apwa-store fetch-inputs    an init container of a subtask pod (decomposition.objects):
+                               downloads the objects of its item ($APWA_ITEM {"keys": [...]})
+                               into $APWA_INPUT_DIR, each named by its key minus
+                               $APWA_INPUT_PREFIX (apwa.planning.objects.input_name).
 
 Only these containers get the store's credentials (from the Secret, as environment variables);
 the worker's containers never do. Why a sidecar after the fact rather than an upload API: any
@@ -28,6 +32,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from apwa.common.retry import Backoff
+from apwa.planning.objects import input_name
 from apwa.results import MAX_STORED_RESULT_BYTES, decode_value, encode_failure, encode_stored
 from apwa.results.keys import outcome_chunk_key, result_key
 from apwa.store.s3 import Bucket, Credentials, Location, StoreError
@@ -129,16 +134,61 @@ async def outcome_lines(bucket: Bucket, root: str, chunk: int, *, resolve: bool)
         yield json.dumps(row, separators=(",", ":"), ensure_ascii=False)
 
 
+FETCH_CONCURRENCY = 8
+
+
+async def fetch_inputs() -> int:
+    """Every object of this subtask's item into the input directory, a few at a time; a key that
+    would land outside the directory is refused. No part files: the main containers start only
+    once this container has succeeded, and a failed pod's retry gets a fresh volume."""
+    keys = json.loads(os.environ["APWA_ITEM"])["keys"]
+    root, targets = _input_paths(Path(os.environ["APWA_INPUT_DIR"]), os.environ["APWA_INPUT_PREFIX"], keys)
+    bucket = _bucket()
+    slots = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    async def one(key: str, path: Path) -> int:
+        async with slots:
+            return await _download(bucket, key, path)
+
+    sizes = await asyncio.gather(*(one(key, path) for key, path in targets))
+    print(f"fetched {len(keys)} objects, {sum(sizes)} bytes, into {root}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _input_paths(directory: Path, prefix: str, keys: list[str]) -> tuple[Path, list[tuple[str, Path]]]:
+    root = directory.resolve()
+    targets = []
+    for key in keys:
+        try:
+            path = (root / input_name(prefix, key)).resolve()
+        except ValueError as e:
+            raise StoreError("missing", str(e)) from None
+        if not path.is_relative_to(root) or path == root:
+            raise StoreError("missing", f"key {key!r} would be written outside {root}")
+        targets.append((key, path))
+    return root, targets
+
+
+async def _download(bucket: Bucket, key: str, path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with path.open("wb") as f:
+        async for piece in bucket.stream(key):
+            f.write(piece)
+            size += len(piece)
+    return size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="apwa-store", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("upload", help="store sidecar: upload $APWA_OUTPUT_PATH once stopped")
     sub.add_parser("fetch-results", help="reduce init container: every outcome into $APWA_RESULTS_PATH")
+    sub.add_parser("fetch-inputs", help="subtask init container: the item's objects into $APWA_INPUT_DIR")
     args = parser.parse_args(argv)
+    commands = {"upload": upload, "fetch-results": fetch_results, "fetch-inputs": fetch_inputs}
     try:
-        if args.command == "upload":
-            return asyncio.run(upload())
-        return asyncio.run(fetch_results())
+        return asyncio.run(commands[args.command]())
     except StoreError as e:
         print(f"apwa-store: {e.message}", file=sys.stderr)
         _message(encode_failure(e.message, final=False))
