@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import shlex
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,53 +32,23 @@ from apwa.rendering import Owner
 from apwa.store.s3 import Bucket, Credentials, Location
 from helpers import Cluster, temporary_namespace, wait_for
 from kubernetes import client
+from s3_env import S3Server
 from workloads import Workloads, pod_template, workload
 
-REPO = Path(__file__).resolve().parents[2]
 BENCH_PREFIX = "apwa-inputs-bench/v2/"
 BENCH_OBJECTS = 100_000
 UPLOAD_CONCURRENCY = 64
 
 
-@dataclass(frozen=True)
-class S3:
-    endpoint: str
-    access_key: str
-    secret_key: str
-    bucket: str
-    region: str
-
-    def client(self) -> Bucket:
-        where = Location(self.bucket, self.endpoint, self.region, path_style=True)
-        return Bucket(where, Credentials(self.access_key, self.secret_key), timeout=60.0)
-
-    def store(self, secret: str) -> dict[str, Any]:
-        s3 = {"bucket": self.bucket, "endpoint": self.endpoint, "region": self.region, "pathStyle": True}
-        return {"s3": {**s3, "credentialsSecret": secret}}
+def bucket_of(s3: S3Server) -> Bucket:
+    where = Location(s3.bucket, s3.endpoint, s3.region, path_style=True)
+    return Bucket(where, Credentials(s3.access_key, s3.secret_key), timeout=60.0)
 
 
-@pytest.fixture(scope="session")
-def s3() -> S3:
-    """The S3 server of this cluster (APWA_CLUSTER_NAME), started when it does not run."""
-
-    def s3_sh(command: str) -> str:
-        proc = subprocess.run(
-            ["bash", str(REPO / "hack" / "s3.sh"), command], capture_output=True, text=True, timeout=900, cwd=REPO
-        )
-        if proc.returncode != 0:
-            pytest.fail(f"hack/s3.sh {command} failed:\n{proc.stderr[-3000:]}", pytrace=False)
-        return proc.stdout
-
-    s3_sh("start")
-    words = shlex.split(s3_sh("env").strip().splitlines()[-1])
-    values = dict(w.split("=", 1) for w in words[1:])
-    return S3(
-        values["APWA_S3_ENDPOINT"],
-        values["APWA_S3_ACCESS_KEY"],
-        values["APWA_S3_SECRET_KEY"],
-        values["APWA_S3_BUCKET"],
-        values["APWA_S3_REGION"],
-    )
+def store_of(s3: S3Server, secret: str) -> dict[str, Any]:
+    """spec.store for the test server, as the operator on this machine reaches it."""
+    where = {"bucket": s3.bucket, "endpoint": s3.endpoint, "region": s3.region, "pathStyle": True}
+    return {"s3": {**where, "credentialsSecret": secret}}
 
 
 def bench_key(i: int) -> str:
@@ -103,7 +73,7 @@ async def upload_missing(bucket: Bucket, prefix: str, objects: dict[str, bytes])
     return len(missing)
 
 
-def secret(w: Workloads, s3: S3, name: str = "s3") -> None:
+def secret(w: Workloads, s3: S3Server, name: str = "s3") -> None:
     data = {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key}
     w.core.create_namespaced_secret(w.ns, client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data))
 
@@ -146,19 +116,19 @@ def bench_namespace(api: client.ApiClient, crd: None) -> Iterator[str]:
 
 
 def test_100000_objects_plan_within_seconds_stored_in_the_bucket_and_never_listed_again(
-    api: client.ApiClient, cluster: Cluster, bench_namespace: str, s3: S3, monkeypatch: pytest.MonkeyPatch
+    api: client.ApiClient, cluster: Cluster, bench_namespace: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Kube.from_config() in this process: the kubernetes library read $KUBECONFIG when imported.
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", cluster.kubeconfig)
-    bucket = s3.client()
+    bucket = bucket_of(s3_server)
     started = time.perf_counter()
     put = asyncio.run(upload_missing(bucket, BENCH_PREFIX, {bench_key(i): b"%d\n" % i for i in range(BENCH_OBJECTS)}))
     print(f"\n[inputs] {put} of {BENCH_OBJECTS} objects uploaded in {time.perf_counter() - started:.1f}s")
 
     w = Workloads(api, bench_namespace)
-    secret(w, s3)
+    secret(w, s3_server)
     body = w.create(
-        workload("bench", {"objects": {"prefix": BENCH_PREFIX}}, store=s3.store("s3"), suspend=True)
+        workload("bench", {"objects": {"prefix": BENCH_PREFIX}}, store=store_of(s3_server, "s3"), suspend=True)
     )  # the plan ConfigMap's owner: it must exist, or the garbage collector deletes the plan
     spec = ParallelWorkloadSpec.model_validate(body["spec"])
     owner = Owner("bench", bench_namespace, body["metadata"]["uid"])
@@ -180,7 +150,7 @@ def test_100000_objects_plan_within_seconds_stored_in_the_bucket_and_never_liste
         "count": BENCH_OBJECTS,
         "bytes": 2 * 10 + 3 * 90 + 4 * 900 + 5 * 9000 + 6 * 90000,
     }
-    assert stored["key"].startswith(owner.store_root(spec) + "plan-") and stored["bucket"] == s3.bucket
+    assert stored["key"].startswith(owner.store_root(spec) + "plan-") and stored["bucket"] == s3_server.bucket
     data = asyncio.run(bucket.get(stored["key"]))
     assert data is not None and hashlib.sha256(data).hexdigest() == stored["sha256"]
 
@@ -191,19 +161,19 @@ def test_100000_objects_plan_within_seconds_stored_in_the_bucket_and_never_liste
 
 
 def test_objects_run_end_to_end_one_subtask_per_group(
-    api: client.ApiClient, namespace: str, s3: S3, operator: Any
+    api: client.ApiClient, namespace: str, s3_server: S3Server, operator: Any
 ) -> None:
     prefix = f"apwa-inputs-e2e/{namespace}/"
     sizes = {f"{prefix}{i:02d}.txt": b"x" * i for i in range(50)}
-    asyncio.run(upload_missing(s3.client(), prefix, sizes))
+    asyncio.run(upload_missing(bucket_of(s3_server), prefix, sizes))
     w = Workloads(api, namespace)
-    secret(w, s3)
+    secret(w, s3_server)
     w.create(
         workload(
             "scan",
             {"objects": {"prefix": prefix, "maxObjectsPerSubtask": 10}},
             templates={"default": {"podTemplate": pod_template({"KWOK_MESSAGE": "{{ item.bytes }}"})}},
-            store=s3.store("s3"),
+            store=store_of(s3_server, "s3"),
         )
     )
     done = wait_for(
@@ -229,3 +199,50 @@ def test_objects_run_end_to_end_one_subtask_per_group(
     cm = w.core.read_namespaced_config_map(plan_config_map_name("scan"), namespace)
     stored = json.loads(read_payload({"data": {"results.json": cm.data["plan.json"]}}))
     assert len(stored["subtasks"]) == 5  # small: kept in the ConfigMap itself
+
+
+def fetch_inputs(
+    s3: S3Server, prefix: str, keys: list[str], tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """Run `apwa-store fetch-inputs` as the pod's init container would (the same environment)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("APWA_", "AWS_"))},
+        **Location(s3.bucket, s3.endpoint, s3.region, path_style=True).env(),
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "APWA_ITEM": json.dumps({"keys": keys, "bytes": 0}),
+        "APWA_INPUT_PREFIX": prefix,
+        "APWA_INPUT_DIR": str(tmp_path / "input"),
+        "APWA_RESULT_PATH": str(tmp_path / "message"),
+    }
+    command = [str(Path(sys.executable).with_name("apwa-store")), "fetch-inputs"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120), env
+
+
+def test_fetch_inputs_downloads_the_items_objects_where_the_worker_finds_them(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    prefix = f"apwa-inputs-fetch/{uuid.uuid4().hex[:8]}/"
+    objects = {f"{prefix}a.txt": b"alpha", f"{prefix}deep/er/b.bin": bytes(range(256)) * 4096, f"{prefix}c": b""}
+    objects[f"{prefix}not-mine.txt"] = b"another subtask's"
+    asyncio.run(upload_missing(bucket_of(s3_server), prefix, objects))
+    mine = sorted(k for k in objects if "not-mine" not in k)
+    proc, env = fetch_inputs(s3_server, prefix, mine, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(str(p.relative_to(tmp_path / "input")) for p in (tmp_path / "input").rglob("*") if p.is_file())
+    assert files == ["a.txt", "c", "deep/er/b.bin"]
+    for key in mine:
+        assert (tmp_path / "input" / key.removeprefix(prefix)).read_bytes() == objects[key]
+
+    # The worker's view of the same directory: its item's files, in key order.
+    check = "from apwa import worker; print(*worker.inputs(), sep='\\n')"
+    out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == [str(tmp_path / "input" / k.removeprefix(prefix)) for k in mine]
+
+
+def test_fetch_inputs_fails_clearly_on_a_missing_object(s3_server: S3Server, tmp_path: Path) -> None:
+    prefix = f"apwa-inputs-fetch/{uuid.uuid4().hex[:8]}/"
+    proc, _ = fetch_inputs(s3_server, prefix, [f"{prefix}gone.txt"], tmp_path)
+    assert proc.returncode == 1
+    assert f"{prefix}gone.txt" in proc.stderr
+    assert "gone.txt" in (tmp_path / "message").read_text()  # the init container's termination message

@@ -10,7 +10,7 @@ from apwa.controller.store import COMPRESS_ABOVE, config_map_body, decode_outcom
 from apwa.core import outcome_of
 from apwa.core.children import JobState, PodResult
 from apwa.rendering import Owner
-from apwa.results import SubtaskOutcome
+from apwa.results import SubtaskOutcome, encode_failure
 
 
 def job(conditions=(), suspend=False):
@@ -55,6 +55,19 @@ def test_pod_result_reads_the_first_container():
     r = PodResult.from_body(pod("Succeeded", statuses))
     assert r is not None and r.message == '{"a": 1}' and r.exit_code == 0
     assert PodResult.from_body(pod("Running", statuses)) is None
+
+
+def test_a_failed_init_container_explains_a_pod_whose_main_container_never_ran():
+    envelope = encode_failure("reading in/gone.txt: not found in bucket 'b'", final=False).decode()
+    body = pod("Failed", [{"name": "main", "state": {"waiting": {"reason": "PodInitializing"}}}])
+    body["status"]["initContainerStatuses"] = [
+        {"name": "apwa-fetch", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": envelope}}},
+        {"name": "apwa-store", "state": {"waiting": {}}},
+    ]
+    r = PodResult.from_body(body)
+    assert r is not None and (r.exit_code, r.reason) == (1, "Error")
+    failed = JobState("w-1", finished=True, succeeded=False, reason="BackoffLimitExceeded", message="backoff")
+    assert outcome_of(1, failed, r).message == "reading in/gone.txt: not found in bucket 'b'"
 
 
 def test_outcome_of():

@@ -99,6 +99,14 @@ class PodResult:
                 result = cls(phase, term.get("exitCode"), term.get("reason") or "", term.get("message") or "", budget)
         if phase == POD_SUCCEEDED:
             result._read_sidecar(pod)
+        elif result.exit_code is None:
+            # The main container never ran: a failed init container (e.g. apwa-fetch, an input
+            # that could not be downloaded) says why, in its own termination message.
+            for cs in status.get("initContainerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated") or {}
+                if term.get("exitCode"):
+                    reason = term.get("reason") or "Error"
+                    return cls(phase, term["exitCode"], reason, term.get("message") or "", budget)
         return result
 
     def _read_sidecar(self, pod: dict[str, Any]) -> None:
