@@ -79,18 +79,22 @@ def secret(w: Workloads, s3: S3Server, name: str = "s3") -> None:
 
 
 class CountingLists:
-    """Bucket.keys, counting the listings of one prefix (every call lists from the start)."""
+    """Bucket.keys and Bucket.folders, counting the listing requests under one prefix."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
         self.calls = 0
-        original = Bucket.keys
+        keys, folders = Bucket.keys, Bucket.folders
 
-        def keys(bucket: Bucket, listed: str, **kw: Any) -> AsyncIterator[tuple[str, int]]:
-            if listed == prefix:
-                self.calls += 1
-            return original(bucket, listed, **kw)
+        def counted_keys(bucket: Bucket, listed: str, **kw: Any) -> AsyncIterator[tuple[str, int]]:
+            self.calls += listed.startswith(prefix)
+            return keys(bucket, listed, **kw)
 
-        monkeypatch.setattr(Bucket, "keys", keys)
+        async def counted_folders(bucket: Bucket, listed: str) -> tuple[list[str], list[tuple[str, int]]]:
+            self.calls += listed.startswith(prefix)
+            return await folders(bucket, listed)
+
+        monkeypatch.setattr(Bucket, "keys", counted_keys)
+        monkeypatch.setattr(Bucket, "folders", counted_folders)
 
 
 async def plan_as_a_new_operator(owner: Owner, spec: ParallelWorkloadSpec) -> tuple[list[Any], float]:
@@ -132,14 +136,17 @@ def test_100000_objects_plan_within_seconds_stored_in_the_bucket_and_never_liste
     )  # the plan ConfigMap's owner: it must exist, or the garbage collector deletes the plan
     spec = ParallelWorkloadSpec.model_validate(body["spec"])
     owner = Owner("bench", bench_namespace, body["metadata"]["uid"])
+    started = time.perf_counter()
+    asyncio.run(upload_missing(bucket, BENCH_PREFIX, {}))  # one plain paginated listing, for comparison
+    print(f"[inputs] one paginated listing of the prefix alone: {time.perf_counter() - started:.2f}s")
     lists = CountingLists(monkeypatch, BENCH_PREFIX)
-
     items, took = asyncio.run(plan_as_a_new_operator(owner, spec))
     print(f"[inputs] {BENCH_OBJECTS} objects under {BENCH_PREFIX!r} listed, grouped and stored in {took:.2f}s")
     assert len(items) == BENCH_OBJECTS
     assert items[0] == {"keys": [bench_key(0)], "bytes": 2}
     assert items[-1] == {"keys": [bench_key(BENCH_OBJECTS - 1)], "bytes": 6}
-    assert lists.calls == 1
+    listed = lists.calls
+    assert listed == 1 + 100  # the prefix's folders, then each folder
 
     cm = w.core.read_namespaced_config_map(plan_config_map_name("bench"), bench_namespace)
     pointer = json.loads(read_payload({"data": {"results.json": cm.data["plan.json"]}}))
@@ -157,7 +164,7 @@ def test_100000_objects_plan_within_seconds_stored_in_the_bucket_and_never_liste
     again, took_again = asyncio.run(plan_as_a_new_operator(owner, spec))
     print(f"[inputs] the stored plan read back in {took_again:.2f}s (no listing)")
     assert again == items
-    assert lists.calls == 1, "the second planning listed the prefix again"
+    assert lists.calls == listed, "the second planning listed the prefix again"
 
 
 def test_objects_run_end_to_end_one_subtask_per_group(
@@ -246,3 +253,22 @@ def test_fetch_inputs_fails_clearly_on_a_missing_object(s3_server: S3Server, tmp
     assert proc.returncode == 1
     assert f"{prefix}gone.txt" in proc.stderr
     assert "gone.txt" in (tmp_path / "message").read_text()  # the init container's termination message
+
+
+def test_an_empty_prefix_stalls_until_the_inputs_arrive(
+    api: client.ApiClient, namespace: str, s3_server: S3Server, operator: Any
+) -> None:
+    prefix = f"apwa-inputs-e2e/{namespace}/"
+    w = Workloads(api, namespace)
+    secret(w, s3_server)
+    w.create(workload("early", {"objects": {"prefix": prefix}}, store=store_of(s3_server, "s3")))
+    stalled = w.wait_condition("early", "Stalled", timeout=60)
+    cond = next(c for c in stalled["status"]["conditions"] if c["type"] == "Stalled")
+    assert cond["reason"] == "PlanningFailed"
+    assert f"no objects under prefix {prefix!r} in bucket {s3_server.bucket!r}" in cond["message"]
+    with pytest.raises(client.ApiException):  # nothing is stored from an empty listing
+        w.core.read_namespaced_config_map(plan_config_map_name("early"), namespace)
+
+    asyncio.run(upload_missing(bucket_of(s3_server), prefix, {f"{prefix}late.txt": b"here now"}))
+    done = w.wait_condition("early", "Complete", timeout=120)  # the operator's retry (with backoff)
+    assert done["status"]["counts"] == {**done["status"]["counts"], "total": 1, "succeeded": 1}

@@ -3,6 +3,7 @@ model rules, the fetch-inputs init container, and what the CLI says."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from apwa.api.models import ObjectsSpec, ParallelWorkloadSpec
 from apwa.cli import main as cli_main
+from apwa.controller.inputs import every_object
 from apwa.planning import PlanningError, plan
 from apwa.planning.objects import MAX_KEYS_BYTES, Packer, group, input_name
 from apwa.rendering import Owner, render_job
@@ -280,3 +282,45 @@ def test_validate_does_not_list(tmp_path: Path, capsys: pytest.CaptureFixture[st
     f.write_text(MANIFEST)
     assert cli_main(["validate", str(f)]) == 0
     assert "is valid (objects not listed: the operator does)" in capsys.readouterr().out
+
+
+# ---- the listing ----------------------------------------------------------------------------------
+class FolderBucket:
+    """Bucket.folders / Bucket.keys over a fixed set of keys, with S3's delimiter semantics."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys_listed: list[str] = []
+        self._keys = sorted(keys)
+
+    async def folders(self, prefix: str) -> tuple[list[str], list[tuple[str, int]]]:
+        under = [k[len(prefix) :] for k in self._keys if k.startswith(prefix)]
+        folders = sorted({prefix + rest.split("/", 1)[0] + "/" for rest in under if "/" in rest})
+        return folders, [(prefix + rest, len(rest)) for rest in under if "/" not in rest]
+
+    async def keys(self, prefix: str, **_: Any) -> Any:
+        self.keys_listed.append(prefix)
+        for k in self._keys:
+            if k.startswith(prefix):
+                await asyncio.sleep(0)
+                yield k, len(k) - len(prefix)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pytest.param(["in/a", "in/b", "in/c"], id="flat"),
+        pytest.param([f"in/{d:02d}/{i:03d}" for d in range(30) for i in range(5)], id="many-folders"),
+        pytest.param(
+            ["in/a.txt", "in/a/x", "in/a/y/z", "in/a0", "in/b", "in/b/c", "in/b-c"], id="names-around-a-slash"
+        ),
+        pytest.param(["in/x/1", "in/x/2"], id="one-folder"),
+    ],
+)
+def test_every_object_lists_in_key_order(keys: list[str]) -> None:
+    bucket = FolderBucket([*keys, "other/k", "inn/k"])
+
+    async def listed() -> list[str]:
+        return [k async for k, _ in every_object(bucket, "in/", fan_out=3)]  # type: ignore[arg-type]
+
+    assert asyncio.run(listed()) == sorted(keys)
+    assert sorted(bucket.keys_listed) == sorted({k[: k.index("/", 3) + 1] for k in keys if "/" in k[3:]})

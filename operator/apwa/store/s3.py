@@ -199,6 +199,16 @@ class Bucket:
         except Exception as e:
             raise self._error(e, f"listing {prefix}") from None
 
+    async def folders(self, prefix: str) -> tuple[list[str], list[tuple[str, int]]]:
+        """One level under `prefix` (a "folder", ending in '/'): its sub-folders (each ending in
+        '/') and the (key, size) of the objects directly in it, in key order. Every page at once."""
+        try:
+            found = await obstore.list_with_delimiter_async(self._store, prefix)
+        except Exception as e:
+            raise self._error(e, f"listing {prefix}") from None
+        objects = [(meta["path"], meta["size"]) for meta in found["objects"]]
+        return [f"{p}/" for p in found["common_prefixes"]], objects
+
     async def check(self, prefix: str) -> None:
         """Fail early and clearly (credentials, bucket) before anything depends on the store."""
         async for _ in self.keys(prefix, page=1):
