@@ -272,3 +272,20 @@ def test_an_empty_prefix_stalls_until_the_inputs_arrive(
     asyncio.run(upload_missing(bucket_of(s3_server), prefix, {f"{prefix}late.txt": b"here now"}))
     done = w.wait_condition("early", "Complete", timeout=120)  # the operator's retry (with backoff)
     assert done["status"]["counts"] == {**done["status"]["counts"], "total": 1, "succeeded": 1}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        pytest.param({}, "decomposition.objects needs spec.store", id="no-store"),
+        pytest.param({"prefix": "in", "store": True}, "should match '^[^/].*/$'", id="prefix-not-a-folder"),
+    ],
+)
+def test_the_api_server_refuses_what_the_model_refuses(
+    api: client.ApiClient, namespace: str, crd: None, s3_server: S3Server, spec: dict[str, Any], message: str
+) -> None:
+    store = {"store": store_of(s3_server, "s3")} if spec.get("store") else {}
+    body = workload("refused", {"objects": {"prefix": spec.get("prefix", "in/")}}, **store)
+    with pytest.raises(client.ApiException) as refused:
+        Workloads(api, namespace).create(body)
+    assert refused.value.status == 422 and message in refused.value.body
