@@ -4,6 +4,7 @@ model rules, the fetch-inputs init container, and what the CLI says."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 from apwa.api.models import ObjectsSpec, ParallelWorkloadSpec
 from apwa.cli import main as cli_main
+from apwa.controller.dynamic import PlanContext, keep_plan
 from apwa.controller.inputs import every_object
+from apwa.controller.store import read_payload
 from apwa.planning import PlanningError, plan
 from apwa.planning.objects import MAX_KEYS_BYTES, Packer, group, input_name
 from apwa.rendering import Owner, render_job
@@ -324,3 +327,90 @@ def test_every_object_lists_in_key_order(keys: list[str]) -> None:
 
     assert asyncio.run(listed()) == sorted(keys)
     assert sorted(bucket.keys_listed) == sorted({k[: k.index("/", 3) + 1] for k in keys if "/" in k[3:]})
+
+
+# ---- storing the plan: dynamic.keep_plan with an offload ---------------------------------------
+class MemoryKube:
+    """ConfigMaps in memory; `winner` is created by "another operator" just before our create."""
+
+    def __init__(self, winner: dict[str, Any] | None = None) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.winner = winner
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        return self.objects.get(path)
+
+    async def create(self, path: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        key = f"{path}/{body['metadata']['name']}"
+        if self.winner is not None:
+            self.objects.setdefault(key, self.winner)
+        if key in self.objects:
+            return False, self.objects[key]
+        self.objects[key] = body
+        return True, body
+
+
+class MemoryOffload:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, payload: bytes) -> dict[str, Any]:
+        key = f"plan-{len(self.objects)}"
+        self.objects[key] = payload
+        return {"key": key}
+
+    async def get(self, pointer: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(self.objects[pointer["key"]])
+
+
+def keep(kube: MemoryKube, offload: MemoryOffload, items: list[Any] | None) -> list[Any]:
+    async def compute() -> tuple[dict[str, Any], list[Any]]:
+        assert items is not None, "listed again"
+        return {"objects": {"prefix": "in/"}}, items
+
+    async def report(what: str) -> None:
+        pass
+
+    ctx = PlanContext(kube, Owner("scan", "ns", "uid-1"), 100_000, report)  # type: ignore[arg-type]
+    return asyncio.run(keep_plan(ctx, "spec.decomposition.objects", compute, offload=offload))
+
+
+def big(salt: str = "") -> list[dict[str, Any]]:
+    """A plan that does not compress into a ConfigMap (a hash in every key, as real names have)."""
+    return [{"keys": [f"in/{hashlib.sha256(f'{salt}{i}'.encode()).hexdigest()}"], "bytes": i} for i in range(40_000)]
+
+
+BIG = big()
+SMALL = [{"keys": ["in/a"], "bytes": 1}]
+
+
+def stored_document(kube: MemoryKube) -> dict[str, Any]:
+    (cm,) = kube.objects.values()
+    section = cm.get("data") or cm.get("binaryData")
+    return json.loads(
+        read_payload({("data" if "data" in cm else "binaryData"): {"results.json": section["plan.json"]}})
+    )
+
+
+def test_a_plan_too_big_for_its_config_map_is_offloaded_behind_a_pointer() -> None:
+    kube, offload = MemoryKube(), MemoryOffload()
+    assert keep(kube, offload, BIG) == BIG
+    document = stored_document(kube)
+    assert document["storedAs"] == {"key": "plan-0"} and document["subtaskCount"] == len(BIG)
+    assert "subtasks" not in document and document["objects"] == {"prefix": "in/"}
+    assert keep(kube, offload, None) == BIG  # read back through the pointer, not computed again
+
+
+def test_a_plan_that_fits_stays_in_its_config_map() -> None:
+    kube, offload = MemoryKube(), MemoryOffload()
+    assert keep(kube, offload, SMALL) == SMALL
+    assert stored_document(kube)["subtasks"] == SMALL and not offload.objects
+
+
+def test_the_loser_of_a_race_adopts_the_plan_the_winners_pointer_names() -> None:
+    first, offload = MemoryKube(), MemoryOffload()
+    keep(first, offload, BIG)
+    (winner,) = first.objects.values()
+    changed = big("another listing")  # the prefix changed between the two operators' listings
+    assert keep(MemoryKube(winner=winner), offload, changed) == BIG
+    assert len(offload.objects) == 2  # the loser's own object is left unused

@@ -120,7 +120,7 @@ async def keep_plan(
     field: str,
     compute: Compute,
     *,
-    too_big: Callable[[int, int], PlanningError],
+    too_big: Callable[[int, int], PlanningError] | None = None,
     offload: Offload | None = None,
 ) -> list[Any]:
     """The stored plan's items, else `compute`'s, stored first (in ConfigMap `<workload>-plan`;
@@ -138,7 +138,11 @@ async def keep_plan(
     stored = len(json.dumps(body.get("data") or body.get("binaryData")))
     if stored > MAX_STORED_BYTES:
         if offload is None:
-            raise too_big(len(items), stored)
+            if too_big is not None:
+                raise too_big(len(items), stored)
+            raise PlanningError(
+                field, f"the plan of {len(items)} subtasks takes {stored} bytes, more than a ConfigMap holds"
+            )
         pointer = await offload.put(payload)
         body = _plan_body(ctx, name, _json({**document, "subtaskCount": len(items), "storedAs": pointer}))
     try:

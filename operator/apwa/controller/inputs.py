@@ -148,7 +148,4 @@ async def object_plan(ctx: PlanContext, spec: ParallelWorkloadSpec, root: str) -
         listed = {"prefix": objects.prefix, "count": packer.objects, "bytes": packer.bytes}
         return {"objects": listed}, items
 
-    def too_big(count: int, stored: int) -> PlanningError:  # never called: there is an offload
-        return PlanningError(FIELD, f"the plan of {count} subtasks takes {stored} bytes")
-
-    return await keep_plan(ctx, FIELD, listing, too_big=too_big, offload=BucketOffload(buckets))
+    return await keep_plan(ctx, FIELD, listing, offload=BucketOffload(buckets))
