@@ -18,6 +18,7 @@ from apwa.controller.store import read_payload
 from apwa.planning import PlanningError, plan
 from apwa.planning.objects import MAX_KEYS_BYTES, Packer, group, input_name
 from apwa.rendering import Owner, render_job
+from apwa.results.protocol import message_budget
 from apwa.store.agent import _input_paths
 from apwa.store.s3 import StoreError
 from pydantic import ValidationError
@@ -247,6 +248,16 @@ def test_main_containers_read_the_inputs_read_only_without_credentials() -> None
     assert (env["APWA_INPUT_DIR"], env["APWA_INPUT_PREFIX"]) == ("/apwa/input", "in/")
     assert not any(name.startswith("AWS_") for name in env)
     assert {"name": "apwa-input", "mountPath": "/apwa/input", "readOnly": True} in main["volumeMounts"]
+
+
+def test_the_fetch_container_counts_in_the_pods_message_budget() -> None:
+    containers = [{"name": f"c{i}", "image": "img"} for i in range(3)]
+    spec = ParallelWorkloadSpec.model_validate(
+        {**workload(store=STORE), "templates": {"default": {"podTemplate": {"spec": {"containers": containers}}}}}
+    )
+    pod = render_job(OWNER, spec, plan(spec, data=[{"keys": ["in/a"], "bytes": 1}])[0], 1)["spec"]["template"]["spec"]
+    assert len(pod["containers"]) + len(pod["initContainers"]) == 5  # 3 + the store sidecar + apwa-fetch
+    assert {env_of(c)["APWA_RESULT_LIMIT"] for c in pod["containers"]} == {str(message_budget(pod))} == {"2457"}
 
 
 def test_other_strategies_get_no_fetch_container() -> None:

@@ -196,6 +196,12 @@ def _fetch_inputs(pod: dict[str, Any], owner: Owner, spec: ParallelWorkloadSpec,
         c["env"] = [e for e in c.get("env") or [] if e.get("name") not in inputs] + [
             {"name": k, "value": v} for k, v in inputs.items()
         ]
+    # One more container shares the pod's 12 KiB of termination messages.
+    limit = str(message_budget(pod))
+    for c in pod["containers"] + pod["initContainers"]:
+        for e in c.get("env") or []:
+            if e.get("name") == "APWA_RESULT_LIMIT":
+                e["value"] = limit
 
 
 def _store_env(store: StoreSpec, root: str) -> dict[str, str]:
