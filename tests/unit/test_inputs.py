@@ -88,9 +88,24 @@ def test_grouping_is_deterministic_and_one_shape() -> None:
     assert [k for item in first for k in item["keys"]] == [k for k, _ in objs]
 
 
-def test_folder_markers_are_skipped() -> None:
-    items = group([("in/a/", 0), ("in/a/x", 1), ("in/b/", 0), ("in/b/y", 2)], objects(maxObjectsPerSubtask=5))
-    assert items == [{"keys": ["in/a/x", "in/b/y"], "bytes": 3}]
+@pytest.mark.parametrize(
+    ("listed", "want"),
+    [
+        pytest.param([("in/a/", 0), ("in/a/x", 1), ("in/b/", 0), ("in/b/y", 2)], ["in/a/x", "in/b/y"], id="with-slash"),
+        pytest.param(
+            [("in/a", 0), ("in/a.txt", 3), ("in/a/x", 1), ("in/b", 0)],
+            ["in/a.txt", "in/a/x", "in/b"],
+            id="as-obstore-lists-them-keys-between-kept-in-order",
+        ),
+        pytest.param([("in/a", 0), ("in/a/b", 0), ("in/a/b/c", 5)], ["in/a/b/c"], id="nested"),
+        pytest.param([("in/a", 0), ("in/a0", 1)], ["in/a", "in/a0"], id="an-empty-object-without-a-folder-is-kept"),
+        pytest.param([("in/a", 4), ("in/a/x", 1)], ["in/a", "in/a/x"], id="a-non-empty-object-is-never-a-marker"),
+    ],
+)
+def test_folder_markers_are_skipped(listed: list[tuple[str, int]], want: list[str]) -> None:
+    items = group(listed, objects(maxObjectsPerSubtask=2))
+    assert [k for item in items for k in item["keys"]] == want
+    assert all(len(item["keys"]) <= 2 for item in items)
 
 
 def test_keys_close_a_subtask_before_the_item_gets_too_big_for_the_environment() -> None:

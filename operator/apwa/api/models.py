@@ -147,7 +147,7 @@ class ObjectsSpec(Model):
         pattern=r"^[^/].*/$",
         description="The 'folder' of the input objects in spec.store's bucket: a key prefix ending in '/', without "
         "a leading '/', independent of spec.store.s3.prefix, e.g. 'datasets/logs/2026-11/'. Every object under it, "
-        "at any depth, is an input; keys ending in '/' (folder markers) are skipped.",
+        "at any depth, is an input; folder markers are skipped.",
     )
     max_objects_per_subtask: int = Field(
         1, ge=1, le=10_000, description="At most this many objects per subtask (consecutive in key order)."

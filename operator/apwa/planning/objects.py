@@ -8,7 +8,8 @@ Grouping is deterministic: objects in lexicographic key order (S3's listing orde
 greedily; a subtask closes before an object would take it past `maxObjectsPerSubtask`,
 `maxBytesPerSubtask` or MAX_KEYS_BYTES of keys (the item travels in the pod's environment, and
 Linux refuses an environment string past 128 KiB). An object larger than `maxBytesPerSubtask`
-gets a subtask of its own. Keys ending in "/" are folder markers, not inputs: they are skipped.
+gets a subtask of its own. Folder markers are not inputs: keys ending in "/", and empty objects
+whose key is also a folder of other objects (obstore reports a marker "a/" as "a").
 
 In the subtask's pod each object becomes a file under $APWA_INPUT_DIR named by `input_name`: the
 key minus the prefix. Keys that can't be a safe relative path there (an empty, "." or ".." path
@@ -18,6 +19,7 @@ segment, a segment over 255 bytes) are refused at planning time, naming the key.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,15 +64,37 @@ class Packer:
         self._size = 0
         self._key_bytes = 0
         self._last: str | None = None
+        # [key, size, keep?] from the first empty object whose fate is unknown on, in key order.
+        self._held: deque[list[Any]] = deque()
+        self._suspects: list[list[Any]] = []
 
     def add(self, key: str, size: int) -> None:
         if key.endswith("/"):
-            return  # a folder marker
+            return  # a folder marker, as listed by a client that keeps the '/'
         if self._last is not None and key <= self._last:
             raise PlanningError(
                 FIELD, f"the store listed {key!r} after {self._last!r}: not in key order (a store bug?)"
             )
         self._last = key
+        # An empty object may be a folder marker ("a/", which obstore reports as "a"): it waits,
+        # with the keys after it, until a key shows whether there are objects in folder "a/".
+        for suspect in self._suspects:
+            if key >= suspect[0] + "/":
+                suspect[2] = not key.startswith(suspect[0] + "/")
+        self._suspects = [s for s in self._suspects if s[2] is None]
+        entry = [key, size, None if size == 0 else True]
+        self._held.append(entry)
+        if size == 0:
+            self._suspects.append(entry)
+        self._release()
+
+    def _release(self) -> None:
+        while self._held and self._held[0][2] is not None:
+            key, size, keep = self._held.popleft()
+            if keep:
+                self._pack(key, size)
+
+    def _pack(self, key: str, size: int) -> None:
         try:
             input_name(self.spec.prefix, key)
         except ValueError as e:
@@ -104,6 +128,10 @@ class Packer:
 
     def finish(self, where: str = "the bucket") -> list[dict[str, Any]]:
         """The items; PlanningError when there were no objects at all."""
+        for suspect in self._suspects:  # nothing in their folders: plain empty objects
+            suspect[2] = True
+        self._suspects = []
+        self._release()
         if self._keys:
             self._close()
         if not self.items:
