@@ -59,9 +59,7 @@ def test_examples_validate(example: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "example",
-    [e for e in EXAMPLES if e.name not in ("wordcount.yaml", "llm-planned.yaml", "objects.yaml")],
-    ids=lambda p: p.name,
+    "example", [e for e in EXAMPLES if e.name not in ("wordcount.yaml", "llm-planned.yaml")], ids=lambda p: p.name
 )
 def test_examples_run_locally(example: Path) -> None:
     r = apwa("run", "--local", "-q", str(example))

@@ -440,3 +440,9 @@ def test_the_loser_of_a_race_adopts_the_plan_the_winners_pointer_names() -> None
     changed = big("another listing")  # the prefix changed between the two operators' listings
     assert keep(MemoryKube(winner=winner), offload, changed) == BIG
     assert len(offload.objects) == 2  # the loser's own object is left unused
+
+
+def test_the_example_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "store" / "objects.yaml"
+    assert cli_main(["validate", str(example)]) == 0
+    assert "is valid (objects not listed" in capsys.readouterr().out
