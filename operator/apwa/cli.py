@@ -190,11 +190,13 @@ def cmd_results(args: argparse.Namespace) -> int:
             raise CliError(f"ParallelWorkload {args.workload!r} not found in namespace {namespace!r}") from None
         raise CliError(f"the API server answered {e.status}: {e.reason}") from None
     ref = (workload.get("status") or {}).get("resultsRef") or {}
-    if ref.get("objectPrefix"):
-        rows = _stored_rows(api, namespace, workload, ref, resolve=not args.refs)
-    else:
-        rows = _config_map_rows(api, namespace, args.workload, ref)
-    _print_rows(rows, args.output, args.succeeded_only)
+    if not ref.get("objectPrefix"):
+        _print_rows(_config_map_rows(api, namespace, args.workload, ref), args.output, args.succeeded_only)
+        return 0
+    from apwa.store import exit_without_finalizing
+
+    _print_rows(_stored_rows(api, namespace, workload, ref, resolve=not args.refs), args.output, args.succeeded_only)
+    exit_without_finalizing(0)
     return 0
 
 

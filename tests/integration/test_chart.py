@@ -199,7 +199,12 @@ def test_default_rendering(tools: Path) -> None:
     assert c["image"] == "ghcr.io/apwa-dev/apwa-operator:0.1.0"
     assert "args" not in c  # the image's entrypoint is `apwa operator`
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env == {"APWA_METRICS_PORT": "8080", "APWA_LOG_LEVEL": "INFO"}  # no APWA_NAMESPACES: all
+    # No APWA_NAMESPACES: all. The store sidecar is the operator's own image by default.
+    assert env == {
+        "APWA_METRICS_PORT": "8080",
+        "APWA_LOG_LEVEL": "INFO",
+        "APWA_STORE_SIDECAR_IMAGE": "ghcr.io/apwa-dev/apwa-operator:0.1.0",
+    }
     assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -244,7 +249,12 @@ def test_non_default_renderings(tools: Path) -> None:
     assert c["image"] == "ghcr.io/apwa-dev/apwa-operator@sha256:" + "ab" * 32
     assert c["args"] == ["--max-subtasks=5000"]
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env == {"APWA_METRICS_PORT": "9095", "APWA_LOG_LEVEL": "DEBUG", "APWA_STATUS_INTERVAL": "2.5"}
+    assert env == {
+        "APWA_METRICS_PORT": "9095",
+        "APWA_LOG_LEVEL": "DEBUG",
+        "APWA_STATUS_INTERVAL": "2.5",
+        "APWA_STORE_SIDECAR_IMAGE": "ghcr.io/apwa-dev/apwa-operator@sha256:" + "ab" * 32,
+    }
     assert c["ports"][0]["containerPort"] == 9095
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["serviceAccountName"] == "robot" == one(docs, "ServiceAccount")["metadata"]["name"]

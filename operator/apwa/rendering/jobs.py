@@ -171,6 +171,7 @@ def _fetch_results(pod: dict[str, Any], owner: Owner, store: StoreSpec, root: st
             {"name": "APWA_RESULTS_PATH", "value": path},
             {"name": "APWA_COUNT", "value": str(total)},
         ]
+    _recount_message_budget(pod)
 
 
 def _fetch_inputs(pod: dict[str, Any], owner: Owner, spec: ParallelWorkloadSpec, item_json: str) -> None:
@@ -196,7 +197,11 @@ def _fetch_inputs(pod: dict[str, Any], owner: Owner, spec: ParallelWorkloadSpec,
         c["env"] = [e for e in c.get("env") or [] if e.get("name") not in inputs] + [
             {"name": k, "value": v} for k, v in inputs.items()
         ]
-    # One more container shares the pod's 12 KiB of termination messages.
+    _recount_message_budget(pod)
+
+
+def _recount_message_budget(pod: dict[str, Any]) -> None:
+    """One more container shares the pod's 12 KiB of termination messages: tell the others."""
     limit = str(message_budget(pod))
     for c in pod["containers"] + pod["initContainers"]:
         for e in c.get("env") or []:

@@ -4,3 +4,16 @@
 (`agent`). Request signing, retries and multipart uploads are obstore's (the Rust object_store
 crate): docs/s3-clients.md says why that library.
 """
+
+import os
+import sys
+
+
+def exit_without_finalizing(code: int) -> None:
+    """End a short-lived process that used obstore: flush, then exit without interpreter
+    finalization. obstore's Tokio worker threads are not shut down at exit, and one still running
+    while Python finalizes can abort the process (SIGABRT after all the work was done; seen here
+    with `apwa results`, the same race as lancedb/lancedb#4175 and PyO3/pyo3-async-runtimes#40)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -35,6 +35,7 @@ from apwa.common.retry import Backoff
 from apwa.planning.objects import input_name
 from apwa.results import MAX_STORED_RESULT_BYTES, decode_value, encode_failure, encode_stored
 from apwa.results.keys import outcome_chunk_key, result_key
+from apwa.store import exit_without_finalizing
 from apwa.store.s3 import Bucket, Credentials, Location, StoreError
 
 DEFAULT_MESSAGE_PATH = "/dev/termination-log"
@@ -195,5 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def cli() -> None:
+    """The console script: main(), then an exit that skips finalization (see exit_without_finalizing)."""
+    exit_without_finalizing(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()
