@@ -26,6 +26,7 @@ from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
 from apwa.controller.dynamic import PlanContext, stored_plan
 from apwa.controller.effects import Creations, StatusWriter, event_body
+from apwa.controller.finalizers import PodReleaser
 from apwa.controller.store import KEY, ResultStore, config_map_body
 from apwa.core import (
     RESYNC_SECONDS,
@@ -46,6 +47,7 @@ from apwa.core import (
     WriteStatus,
     decide,
     finished,
+    holds_result,
     make_plan,
     planning_status,
     read_spec,
@@ -62,6 +64,7 @@ from apwa.rendering import (
     render_job,
     render_network_policy,
     render_reduce_job,
+    without_result_finalizer,
 )
 from apwa.results import Aggregate, SubtaskOutcome
 from apwa.status import is_finished
@@ -80,6 +83,9 @@ class Settings:
     max_subtasks: int = DEFAULT_MAX_SUBTASKS
     metrics_port: int = 8080
     namespaces: list[str] = field(default_factory=list)
+    # APWA_POD_FINALIZER=0 creates pods without the result finalizer: for benchmarks and as an
+    # escape hatch only (a pod removed before its message is read then costs its result).
+    pod_finalizer: bool = True
 
 
 @dataclass
@@ -110,6 +116,8 @@ class WorkloadRunner:
         self.creations = Creations()
         self.events: list[PostEvent] = []  # posted after the next status write
         self.task: asyncio.Task[None] | None = None
+        self.releaser = PodReleaser(kube)
+        self.leftovers_released = False  # a finished workload's pods: listed once per operator run
 
     # ---- events from the shared watches ------------------------------------------------------
     def _recorded(self) -> Container[int]:
@@ -131,6 +139,7 @@ class WorkloadRunner:
             self.wake.set()
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+        self._hold(event_type, pod)
         if self.children.pod_event(event_type, pod, self._recorded()):
             self.wake.set()
 
@@ -183,6 +192,7 @@ class WorkloadRunner:
         now = time.time()
         if is_finished(self.status):
             # Finished (maybe before this operator started): nothing runs any more.
+            await self._release_leftovers()
             return await self._execute(finished(spec, self.status, self.generation, now), spec)
         planned = self.planned or await self._plan(spec)
         if not self.seeded:
@@ -253,6 +263,7 @@ class WorkloadRunner:
     async def _release(self, jobs: tuple[tuple[int, str, int | None], ...]) -> None:
         patches = []
         for index, name, ttl in jobs:
+            self.releaser.release(self.namespace, self.children.let_go(index))
             self.children.release(index)
             if ttl is not None:
                 body = {"spec": {"ttlSecondsAfterFinished": ttl}}
@@ -288,6 +299,8 @@ class WorkloadRunner:
     async def _create_one(self, spec: ParallelWorkloadSpec, owner: Owner, path: str, s: Subtask, total: int) -> None:
         try:
             job = render_job(owner, spec, s, total)
+            if not self.settings.pod_finalizer:
+                without_result_finalizer(job)
             started = time.perf_counter()
             created, body = await self.kube.create(path, job)
             metrics.JOB_CREATE_SECONDS.observe(time.perf_counter() - started)
@@ -327,7 +340,10 @@ class WorkloadRunner:
         name = child_name(self.name, "reduce-input")
         body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.REDUCE_INPUT})
         await self.kube.create(self._path("configmaps", "v1"), body)
-        await self.kube.create(self._path("jobs", "batch/v1"), render_reduce_job(self.owner, spec, name, KEY))
+        job = render_reduce_job(self.owner, spec, name, KEY)
+        if not self.settings.pod_finalizer:
+            without_result_finalizer(job)
+        await self.kube.create(self._path("jobs", "batch/v1"), job)
         self.children.reduce_job = self.children.reduce_job or JobState(name=child_name(self.name, "reduce"))
 
     async def _write(self, status: dict[str, Any], final: bool) -> float:
@@ -338,6 +354,7 @@ class WorkloadRunner:
         if is_finished(status):
             # Finished: the status holds what is left to know; free the plan and the indexes.
             self.planned = None
+            self.release_all_held()
             self.children.clear()
             started = parse_iso(self.body["metadata"].get("creationTimestamp"))
             if started is not None:
@@ -401,7 +418,31 @@ class WorkloadRunner:
             self.children.seed_job(job, recorded)
         async for pod in self.kube.list(self._path("pods", "v1"), labelSelector=selector):
             self.children.seed_pod(pod, recorded)
+            self._hold("ADDED", pod)
         self.seeded = True
+
+    # ---- the result finalizer (controller/finalizers.py says when each pod is released) --------
+    def _stored(self) -> Container[int]:
+        """Outcomes durably stored (not those of a step whose store write failed)."""
+        return self.planned.outcomes.outcomes if self.planned and not self.planned.store.dirty else ()
+
+    def _hold(self, event_type: str, pod: dict[str, Any]) -> None:
+        if is_finished(self.status):
+            release = event_type != "DELETED" and holds_result(pod)
+        else:
+            release = self.children.hold(event_type, pod, self._stored())
+        if release:
+            self.releaser.release(self.namespace, [pod["metadata"]["name"]])
+
+    def release_all_held(self) -> None:
+        """The final status is written (or the workload is deleted): no pod needs holding."""
+        self.releaser.release(self.namespace, self.children.let_go_all())
+        self.leftovers_released = True
+
+    async def _release_leftovers(self) -> None:
+        if not self.leftovers_released:
+            await self.releaser.release_listed(self.namespace, self.uid)
+            self.leftovers_released = True
 
     # ---- reporting ---------------------------------------------------------------------------
     async def _stalled(self, e: Stalled) -> float:

@@ -5,12 +5,14 @@ from apwa.rendering.jobs import (
     LABEL_ROLE,
     LABEL_UID,
     LABEL_WORKLOAD,
+    RESULT_FINALIZER,
     RESULT_PATH,
     RESULTS_MOUNT,
     Owner,
     RenderError,
     render_job,
     render_reduce_job,
+    without_result_finalizer,
 )
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.netpol import render_network_policy
@@ -22,6 +24,7 @@ __all__ = [
     "LABEL_UID",
     "LABEL_WORKLOAD",
     "RESULTS_MOUNT",
+    "RESULT_FINALIZER",
     "RESULT_PATH",
     "Owner",
     "RenderError",
@@ -32,4 +35,5 @@ __all__ = [
     "render_network_policy",
     "render_reduce_job",
     "substitute",
+    "without_result_finalizer",
 ]
