@@ -11,8 +11,10 @@ of each, and the ratio A/B of the medians.
     eval "$(make -s cluster | tail -n 1)"
     .venv/bin/python bench/finalizer_cost.py --n 10000 --repeats 3
 
-Figures on 2 cores (kwok, 4 fake nodes, pods finish 100 ms after starting), 3 repeats each:
-see the report of the branch that added this file, and docs/results.md.
+Figures on a shared 2-core machine (kwok, 4 fake nodes, pods finish 100 ms after starting),
+N = 2,000, parallelism 2,000, 5 runs each (two invocations, 3 + 2 repeats): requests A/B 1.08-1.10,
+writes 1.08-1.10, pod PATCHes 2.0 (the Job controller's one plus ours); seconds to Complete, median
+(min-max), A 146 (94-296), B 137 (77-187): within the noise of the other load on the machine.
 """
 
 from __future__ import annotations
