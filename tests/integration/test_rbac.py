@@ -58,8 +58,9 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     # _create), list (_seed after a restart), watch (controller/watch.py ChildWatch), patch (TTL after
     # the outcome is stored, _release_recorded; suspend/resume, _apply_suspend).
     ("batch", "jobs"): {"create", "get", "list", "watch", "patch"},
-    # Results travel in pod termination messages: list (_seed), watch (controller/watch.py ChildWatch).
-    ("", "pods"): {"list", "watch"},
+    # Results travel in pod termination messages: list (_seed), watch (controller/watch.py ChildWatch);
+    # patch: the apwa.dev/result finalizer removed once the outcome is stored (controller/finalizers.py).
+    ("", "pods"): {"list", "watch", "patch"},
     # Result chunks (store.ResultStore: create, update = PUT, list), the reduce input (create) and
     # configMapRef plans (get, _config_map_data).
     ("", "configmaps"): {"create", "get", "list", "update"},
@@ -384,6 +385,8 @@ def check_nothing_more(sa_user: str, ns: str, mode: str) -> None:
         ("get", "secrets"),
         ("list", "secrets"),
         ("create", "pods"),
+        ("update", "pods"),
+        ("delete", "pods"),
         ("delete", "jobs"),
         ("update", "jobs"),
         ("delete", "configmaps"),

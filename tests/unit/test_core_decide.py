@@ -128,11 +128,25 @@ PHASES = [
         id="reduce-running",
     ),
     pytest.param(
-        world(spec(reduce=True), outcomes=all_ok(10), reduce_job=done(99)),
+        world(spec(reduce=True), outcomes=all_ok(10), reduce_job=done(99, at=NOW - 1)),
         Phase.REDUCING,
         Reason.REDUCING,
         "collecting the reduce result",
         id="reduce-done-pod-unseen",
+    ),
+    pytest.param(
+        world(spec(reduce=True), outcomes=all_ok(10), reduce_job=done(99)),
+        Phase.FAILED,
+        Reason.RESULT_LOST,
+        "the reduce step's Job w-99 succeeded but its pod was gone",
+        id="reduce-done-pod-gone-after-the-grace",
+    ),
+    pytest.param(
+        world(spec(reduce=True), outcomes=all_ok(10), reduce_job=done(99), reduce_pod=pod_failed()),
+        Phase.FAILED,
+        Reason.RESULT_LOST,
+        "the reduce step's Job w-99 succeeded but its pod was gone",
+        id="reduce-done-only-a-failed-pod-seen",
     ),
     pytest.param(
         world(spec(reduce=True), outcomes=all_ok(10), reduce_job=done(99), reduce_pod=pod_ok('{"sum": 3}')),
@@ -438,7 +452,6 @@ COLLECT = [
     ("success-text-result", {0: done(0)}, {0: pod_ok("plain text")}, (0, True, "plain text"), False),
     ("success-empty-message", {0: done(0)}, {0: pod_ok("")}, (0, True, None), False),
     ("success-pod-late-waits", {0: done(0, at=NOW - 1)}, {}, None, True),
-    ("success-pod-grace-over", {0: done(0, at=NOW - POD_GRACE_SECONDS - 1)}, {}, (0, True, None), False),
     ("success-failed-pod-seen-waits", {0: done(0, at=NOW - 1)}, {0: pod_failed()}, None, True),
     ("failure-with-pod", {0: failed(0)}, {0: pod_failed(3, "odd\n")}, (0, False, "odd"), False),
     (
@@ -475,6 +488,24 @@ def test_collect(jobs: dict[int, Any], pods: dict[int, Any], expected: Any, earl
         assert (o.result if succeeded else o.message) == detail
         assert o.job == "w-0"
     assert (step.wake_in < RESYNC_SECONDS) is early
+
+
+# A succeeded Job whose pod is gone after the grace: failed, ResultLost, never a success without it.
+RESULT_LOST = [
+    ("success-pod-gone-after-the-grace", {0: done(0, at=NOW - POD_GRACE_SECONDS - 1)}, {}),
+    ("success-pod-gone-long-ago", {0: done(0)}, {}),
+    ("success-only-a-failed-pod-seen", {0: done(0)}, {0: pod_failed(1, "first try")}),
+]
+
+
+@pytest.mark.parametrize(("jobs", "pods"), [pytest.param(*row[1:], id=row[0]) for row in RESULT_LOST])
+def test_a_succeeded_job_without_its_pod_is_a_lost_result(jobs: dict[int, Any], pods: dict[int, Any]) -> None:
+    step = decide(world(jobs=jobs, pods=pods, cursor=1), NOW)
+    (o,) = [o for a in step.of(RecordOutcomes) for o in a.outcomes]
+    assert (o.index, o.succeeded, o.reason, o.result, o.exit_code) == (0, False, Reason.RESULT_LOST, None, None)
+    assert o.message.startswith("Job w-0 succeeded but its pod was gone before the operator read")
+    assert "run the subtask again" in o.message
+    assert step.of(ReleaseJobs), "a lost result is recorded like any outcome, and its Job released"
 
 
 def test_grace_wake_is_when_the_grace_ends() -> None:

@@ -149,6 +149,103 @@ def test_reduce_pod_success_is_kept() -> None:
     assert index.reduce_pod is not None and index.reduce_pod.succeeded
 
 
+# ---- the result finalizer: which pods are held, and which are released at once ------------------
+FIN = "apwa.dev/result"
+
+
+def held_pod(
+    index: int | None,
+    phase: str,
+    name: str = "p",
+    *,
+    finalizers: tuple[str, ...] = (FIN, "batch.kubernetes.io/job-tracking"),
+    deleting: bool = False,
+) -> dict[str, Any]:
+    body = pod_body(index, phase, role="subtask" if index is not None else "reduce")
+    body["metadata"].update(name=name, finalizers=list(finalizers))
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = "2027-01-15T08:00:00Z"
+    return body
+
+
+HOLDS = [
+    # name, event, pod, recorded (stored outcomes), released now, held afterwards ({index: names}), reduce held
+    ("running-held", "ADDED", held_pod(0, "Running"), (), False, {0: {"p"}}, set()),
+    ("pending-held", "ADDED", held_pod(0, "Pending"), (), False, {0: {"p"}}, set()),
+    ("finished-unrecorded-held", "MODIFIED", held_pod(0, "Succeeded"), (), False, {0: {"p"}}, set()),
+    (
+        "finished-being-deleted-stays-held",
+        "MODIFIED",
+        held_pod(0, "Succeeded", deleting=True),
+        (),
+        False,
+        {0: {"p"}},
+        set(),
+    ),
+    ("failed-being-deleted-stays-held", "MODIFIED", held_pod(0, "Failed", deleting=True), (), False, {0: {"p"}}, set()),
+    ("recorded-released", "MODIFIED", held_pod(0, "Succeeded"), (0,), True, {}, set()),
+    ("recorded-late-pod-released", "ADDED", held_pod(0, "Running"), (0,), True, {}, set()),
+    ("running-being-deleted-released", "MODIFIED", held_pod(0, "Running", deleting=True), (), True, {}, set()),
+    ("pending-being-deleted-released", "MODIFIED", held_pod(0, "Pending", deleting=True), (), True, {}, set()),
+    ("without-finalizer-ignored", "ADDED", held_pod(0, "Succeeded", finalizers=()), (), False, {}, set()),
+    ("others-finalizer-only-ignored", "ADDED", held_pod(0, "Running", finalizers=("x/y",)), (0,), False, {}, set()),
+    ("deleted-forgotten", "DELETED", held_pod(0, "Succeeded"), (), False, {}, set()),
+    ("reduce-held", "MODIFIED", held_pod(None, "Succeeded", "r"), (), False, {}, {"r"}),
+    ("reduce-being-deleted-unfinished", "MODIFIED", held_pod(None, "Running", "r", deleting=True), (), True, {}, set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("event", "body", "recorded", "released", "held", "reduce_held"), [pytest.param(*r[1:], id=r[0]) for r in HOLDS]
+)
+def test_hold(
+    event: str,
+    body: dict[str, Any],
+    recorded: tuple[int, ...],
+    released: bool,
+    held: dict[int, set[str]],
+    reduce_held: set[str],
+) -> None:
+    index = ChildIndex()
+    assert index.hold(event, body, recorded) is released
+    assert (index.held, index.reduce_held) == (held, reduce_held)
+
+
+def test_every_pod_of_every_attempt_is_released_with_the_outcome() -> None:
+    index = ChildIndex()
+    for name, phase in (("w-0-a", "Failed"), ("w-0-b", "Succeeded"), ("w-0-r1-c", "Running")):
+        index.hold("MODIFIED", held_pod(0, phase, name), ())
+    index.hold("MODIFIED", held_pod(1, "Running", "w-1-a"), ())
+    assert index.let_go(0) == {"w-0-a", "w-0-b", "w-0-r1-c"}
+    assert index.let_go(0) == set()
+    assert index.held == {1: {"w-1-a"}}
+
+
+def test_a_pod_that_lost_the_finalizer_is_forgotten() -> None:
+    index = ChildIndex()
+    index.hold("MODIFIED", held_pod(0, "Succeeded"), ())
+    index.hold("MODIFIED", held_pod(0, "Succeeded", finalizers=()), ())
+    assert index.held == {}
+
+
+def test_the_end_lets_go_of_everything_and_clear_keeps_it() -> None:
+    index = ChildIndex()
+    index.hold("MODIFIED", held_pod(0, "Succeeded", "a"), ())
+    index.hold("MODIFIED", held_pod(3, "Running", "b"), ())
+    index.hold("MODIFIED", held_pod(None, "Succeeded", "r"), ())
+    index.clear()
+    assert index.let_go_all() == {"a", "b", "r"}
+    assert (index.held, index.reduce_held, index.let_go_all()) == ({}, set(), set())
+
+
+def test_release_of_jobs_does_not_touch_held_pods() -> None:
+    """ChildIndex.release forgets Jobs and results; the executor lets go of the pods (let_go)."""
+    index = ChildIndex()
+    index.hold("MODIFIED", held_pod(0, "Succeeded"), ())
+    index.release(0)
+    assert index.held == {0: {"p"}}
+
+
 RELIST = [
     ("all-listed", {0: running(0), 1: running(1)}, {"uid-0", "uid-1"}, [0, 1], 5, False),
     ("one-gone", {0: running(0), 1: running(1)}, {"uid-0"}, [0], 1, True),

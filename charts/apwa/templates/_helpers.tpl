@@ -58,7 +58,8 @@ holds the same list with the code each rule serves, and fails on any difference)
   with blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement admission plugin checks.
 - jobs: create (subtasks, reduce), get (a Job that already exists), list (re-seeding after a
   restart), watch (kopf), patch (TTL after the outcome is stored, suspend/resume).
-- pods: list (re-seeding), watch (kopf): results travel in the pods' termination messages.
+- pods: list (re-seeding), watch (kopf): results travel in the pods' termination messages;
+  patch: removing the apwa.dev/result finalizer once a pod's outcome is stored (no update, no delete).
 - configmaps: create/update (result chunks, reduce input), get (configMapRef plans), list (load).
 - networkpolicies: create (one isolation policy per workload).
 - events: create (the operator's and kopf's events on the workload).
@@ -81,7 +82,7 @@ holds the same list with the code each rule serves, and fails on any difference)
   verbs: ["create", "get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "get", "list", "update"]

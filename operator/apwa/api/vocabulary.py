@@ -42,6 +42,7 @@ class Reason(StrEnum):
     TOO_MANY_FAILURES = "TooManyFailures"
     REDUCE_FAILED = "ReduceFailed"
     RESULT_TRUNCATED = "ResultTruncated"  # a subtask's or the reduce's message was cut by the kubelet
+    RESULT_LOST = "ResultLost"  # a Job succeeded but its pod was gone before its message was read
     FINAL = "Final"  # the worker said retrying cannot help (apwa.worker.fail(..., final=True))
     STORE_FAILED = "StoreFailed"  # the store sidecar could not upload a subtask's result
     SUCCEEDED = "Succeeded"

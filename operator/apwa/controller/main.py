@@ -31,6 +31,8 @@ def run_operator(args: argparse.Namespace) -> int:
     interval = os.environ.get("APWA_STATUS_INTERVAL")
     if interval:
         REGISTRY.settings.status_interval = float(interval)
+    # Bench-only escape hatch (docs/results.md): "0" creates pods without the result finalizer.
+    REGISTRY.settings.pod_finalizer = os.environ.get("APWA_POD_FINALIZER", "1") != "0"
     peering = args.peering or os.environ.get("APWA_PEERING") or None
     try:
         asyncio.run(

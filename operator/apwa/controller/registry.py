@@ -9,7 +9,9 @@ from typing import Any
 
 from apwa import metrics
 from apwa.api.vocabulary import Phase
+from apwa.controller.finalizers import Orphans, PodReleaser
 from apwa.controller.workload import Settings, WorkloadRunner
+from apwa.core import holds_result
 from apwa.kube.client import Kube
 from apwa.rendering import LABEL_UID
 
@@ -21,6 +23,15 @@ class Registry:
         self.kube: Kube | None = None
         self.settings = Settings()
         self.runners: dict[str, WorkloadRunner] = {}
+        self._orphans: Orphans | None = None
+
+    @property
+    def orphans(self) -> Orphans:
+        """Pods being deleted whose workload has no loop (deleted, or not started yet)."""
+        if self._orphans is None:
+            assert self.kube is not None, "the operator has not started yet"
+            self._orphans = Orphans(self.kube, PodReleaser(self.kube))
+        return self._orphans
 
     def workload_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         uid = body["metadata"]["uid"]
@@ -28,6 +39,7 @@ class Registry:
         if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
             # Owner references let the garbage collector remove every child.
             if runner is not None:
+                runner.release_all_held()  # nothing of a deleted workload needs its pods
                 self.stop(uid)
             return
         if runner is None:
@@ -42,7 +54,12 @@ class Registry:
         uid = (body["metadata"].get("labels") or {}).get(LABEL_UID)
         runner = self.runners.get(uid or "")
         if runner is None:
-            return  # its workload's loop reads existing children when it starts
+            # Its workload's loop reads existing children when it starts; a pod being deleted
+            # that still holds the result finalizer is released if that workload is gone.
+            if kind == "pod" and event_type != "DELETED" and body["metadata"].get("deletionTimestamp"):
+                if holds_result(body):
+                    self.orphans.add(body)
+            return
         if kind == "job":
             runner.on_job(event_type or "ADDED", body)
         else:

@@ -26,6 +26,7 @@ from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
 from apwa.controller.dynamic import PlanContext, stored_plan
 from apwa.controller.effects import Creations, StatusWriter, event_body
+from apwa.controller.finalizers import PodReleaser
 from apwa.controller.inputs import object_plan
 from apwa.controller.store import KEY, ConfigMapChunks, ObjectChunks, ResultStore, config_map_body, open_bucket
 from apwa.core import (
@@ -47,6 +48,7 @@ from apwa.core import (
     WriteStatus,
     decide,
     finished,
+    holds_result,
     make_plan,
     planning_status,
     read_spec,
@@ -64,6 +66,7 @@ from apwa.rendering import (
     render_job,
     render_network_policy,
     render_reduce_job,
+    without_result_finalizer,
 )
 from apwa.results import Aggregate, SubtaskOutcome
 from apwa.status import is_finished
@@ -84,6 +87,9 @@ class Settings:
     namespaces: list[str] = field(default_factory=list)
     # The image of the store sidecar in subtask pods (any image with the apwa package).
     sidecar_image: str = DEFAULT_SIDECAR_IMAGE
+    # APWA_POD_FINALIZER=0 creates pods without the result finalizer: for benchmarks and as an
+    # escape hatch only (a pod removed before its message is read then costs its result).
+    pod_finalizer: bool = True
 
 
 @dataclass
@@ -114,6 +120,8 @@ class WorkloadRunner:
         self.creations = Creations()
         self.events: list[PostEvent] = []  # posted after the next status write
         self.task: asyncio.Task[None] | None = None
+        self.releaser = PodReleaser(kube)
+        self.leftovers_released = False  # a finished workload's pods: listed once per operator run
 
     # ---- events from the shared watches ------------------------------------------------------
     def _recorded(self) -> Container[int]:
@@ -135,6 +143,7 @@ class WorkloadRunner:
             self.wake.set()
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+        self._hold(event_type, pod)
         if self.children.pod_event(event_type, pod, self._recorded()):
             self.wake.set()
 
@@ -187,6 +196,7 @@ class WorkloadRunner:
         now = time.time()
         if is_finished(self.status):
             # Finished (maybe before this operator started): nothing runs any more.
+            await self._release_leftovers()
             return await self._execute(finished(spec, self.status, self.generation, now), spec)
         planned = self.planned or await self._plan(spec)
         if not self.seeded:
@@ -253,6 +263,7 @@ class WorkloadRunner:
     async def _release(self, jobs: tuple[tuple[int, str, int | None], ...]) -> None:
         patches = []
         for index, name, ttl in jobs:
+            self.releaser.release(self.namespace, self.children.let_go(index))
             self.children.release(index)
             if ttl is not None:
                 body = {"spec": {"ttlSecondsAfterFinished": ttl}}
@@ -288,6 +299,8 @@ class WorkloadRunner:
     async def _create_one(self, spec: ParallelWorkloadSpec, owner: Owner, path: str, s: Subtask, total: int) -> None:
         try:
             job = render_job(owner, spec, s, total)
+            if not self.settings.pod_finalizer:
+                without_result_finalizer(job)
             started = time.perf_counter()
             created, body = await self.kube.create(path, job)
             metrics.JOB_CREATE_SECONDS.observe(time.perf_counter() - started)
@@ -331,6 +344,8 @@ class WorkloadRunner:
             await self.kube.create(self._path("configmaps", "v1"), body)
         # With a store the reduce pod streams the stored outcomes itself (apwa-store fetch-results).
         job = render_reduce_job(self.owner, spec, name, KEY, total=total)
+        if not self.settings.pod_finalizer:
+            without_result_finalizer(job)
         await self.kube.create(self._path("jobs", "batch/v1"), job)
         self.children.reduce_job = self.children.reduce_job or JobState(name=child_name(self.name, "reduce"))
 
@@ -342,6 +357,7 @@ class WorkloadRunner:
         if is_finished(status):
             # Finished: the status holds what is left to know; free the plan and the indexes.
             self.planned = None
+            self.release_all_held()
             self.children.clear()
             started = parse_iso(self.body["metadata"].get("creationTimestamp"))
             if started is not None:
@@ -411,7 +427,31 @@ class WorkloadRunner:
             self.children.seed_job(job, recorded)
         async for pod in self.kube.list(self._path("pods", "v1"), labelSelector=selector):
             self.children.seed_pod(pod, recorded)
+            self._hold("ADDED", pod)
         self.seeded = True
+
+    # ---- the result finalizer (controller/finalizers.py says when each pod is released) --------
+    def _stored(self) -> Container[int]:
+        """Outcomes durably stored (not those of a step whose store write failed)."""
+        return self.planned.outcomes.outcomes if self.planned and not self.planned.store.dirty else ()
+
+    def _hold(self, event_type: str, pod: dict[str, Any]) -> None:
+        if is_finished(self.status):
+            release = event_type != "DELETED" and holds_result(pod)
+        else:
+            release = self.children.hold(event_type, pod, self._stored())
+        if release:
+            self.releaser.release(self.namespace, [pod["metadata"]["name"]])
+
+    def release_all_held(self) -> None:
+        """The final status is written (or the workload is deleted): no pod needs holding."""
+        self.releaser.release(self.namespace, self.children.let_go_all())
+        self.leftovers_released = True
+
+    async def _release_leftovers(self) -> None:
+        if not self.leftovers_released:
+            await self.releaser.release_listed(self.namespace, self.uid)
+            self.leftovers_released = True
 
     # ---- reporting ---------------------------------------------------------------------------
     async def _stalled(self, e: Stalled) -> float:

@@ -17,7 +17,7 @@ from apwa.core.actions import (
     SuspendJobs,
     WriteStatus,
 )
-from apwa.core.children import ChildIndex, JobState, PodResult, outcome_of
+from apwa.core.children import ChildIndex, JobState, PodResult, holds_result, outcome_of
 from apwa.core.decide import (
     MAX_CREATING,
     POD_GRACE_SECONDS,
@@ -61,6 +61,7 @@ __all__ = [
     "decide",
     "event_message",
     "finished",
+    "holds_result",
     "make_plan",
     "outcome_of",
     "planning_status",

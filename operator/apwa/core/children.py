@@ -13,7 +13,7 @@ from typing import Any
 
 from apwa.api.vocabulary import Reason, Role
 from apwa.common.times import parse_iso
-from apwa.rendering import LABEL_INDEX, LABEL_ROLE, STORE_SIDECAR
+from apwa.rendering import LABEL_INDEX, LABEL_ROLE, RESULT_FINALIZER, STORE_SIDECAR
 from apwa.results import (
     ResultTruncated,
     StoreFailed,
@@ -136,6 +136,8 @@ class PodResult:
 
 def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutcome:
     """A finished subtask's outcome: the Job says whether, the pod's message says what."""
+    if job.succeeded and not (pod and pod.succeeded):
+        return result_lost(index, job)
     if job.succeeded:
         if pod is not None and pod.store_error is not None:
             message = f"the subtask succeeded but its result could not be stored: {pod.store_error}"
@@ -157,6 +159,25 @@ def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutco
         job=job.name,
         failed_pods=job.failed_pods or None,
     )
+
+
+def result_lost(index: int, job: JobState) -> SubtaskOutcome:
+    """A succeeded Job whose succeeded pod was never seen: its result can't be read, and a success
+    without its result would be a silent loss."""
+    return SubtaskOutcome(index, False, reason=Reason.RESULT_LOST.value, message=lost_message(job), job=job.name)
+
+
+def lost_message(job: JobState) -> str:
+    return (
+        f"Job {job.name} succeeded but its pod was gone before the operator read its termination message "
+        f"(its {RESULT_FINALIZER} finalizer was removed, or the pod force-deleted, by something else); "
+        "the result is lost: run the subtask again, and leave that finalizer to the operator"
+    )
+
+
+def holds_result(body: dict[str, Any]) -> bool:
+    """The pod carries RESULT_FINALIZER: it can't go away until the operator releases it."""
+    return RESULT_FINALIZER in (body["metadata"].get("finalizers") or ())
 
 
 def role_of(body: dict[str, Any]) -> str | None:
@@ -190,6 +211,10 @@ class ChildIndex:
     reduce_pod: PodResult | None = None
     cursor: int = 0
     lost: set[int] = field(default_factory=set)
+    # Pods holding RESULT_FINALIZER, by subtask (every pod of every attempt), and the reduce's:
+    # released once the outcome (or the final status) is stored. Kept by `clear`.
+    held: dict[int, set[str]] = field(default_factory=dict)
+    reduce_held: set[str] = field(default_factory=set)
 
     def job_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> JobEffect:
         """Apply a watch event; say whether it matters (and whether a Job has just finished)."""
@@ -230,6 +255,49 @@ class ChildIndex:
         if not (old and old.succeeded and not old.uploading) or result.succeeded:
             self.pods[index] = result
         return True
+
+    def hold(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> bool:
+        """Track a pod's RESULT_FINALIZER; True when it must be released now: its subtask's
+        outcome is stored already, or the pod is being deleted before it finished (nothing to
+        read; the Job controller decides what comes next). A finished pod being deleted stays
+        held until its outcome is stored."""
+        role, name = role_of(body), body["metadata"].get("name", "")
+        if role not in (Role.REDUCE, Role.SUBTASK) or not name:
+            return False
+        index = index_of(body) if role == Role.SUBTASK else None
+        self._unhold(index, name)
+        if event_type == "DELETED" or not holds_result(body):
+            return False
+        if body["metadata"].get("deletionTimestamp") and PodResult.from_body(body) is None:
+            return True
+        if index is None:
+            self.reduce_held.add(name)
+            return False
+        if index in recorded:
+            return True
+        self.held.setdefault(index, set()).add(name)
+        return False
+
+    def _unhold(self, index: int | None, name: str) -> None:
+        if index is None:
+            self.reduce_held.discard(name)
+            return
+        names = self.held.get(index)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self.held[index]
+
+    def let_go(self, index: int) -> set[str]:
+        """The subtask's outcome is stored: the names of its pods to release."""
+        return self.held.pop(index, set())
+
+    def let_go_all(self) -> set[str]:
+        """The workload is finished: every pod still held, the reduce's included."""
+        names = set().union(*self.held.values(), self.reduce_held)
+        self.held.clear()
+        self.reduce_held.clear()
+        return names
 
     def seed_job(self, body: dict[str, Any], recorded: Container[int]) -> None:
         """A Job listed at start: what the watch already delivered is newer, and wins."""

@@ -31,7 +31,7 @@ from apwa.core.actions import (
     SuspendJobs,
     WriteStatus,
 )
-from apwa.core.children import DEADLINE_EXCEEDED, ChildIndex, outcome_of
+from apwa.core.children import DEADLINE_EXCEEDED, ChildIndex, lost_message, outcome_of
 from apwa.core.tally import Tally
 from apwa.manifest import format_validation_error
 from apwa.planning import Subtask
@@ -39,7 +39,10 @@ from apwa.results import Aggregate, ResultTruncated, SubtaskOutcome, decode_fail
 from apwa.status import build
 
 # A finished Job whose pod has not been seen yet: wait this long for the pod before recording
-# the outcome without the pod's termination message.
+# the outcome without the pod's termination message. Pods hold RESULT_FINALIZER until their
+# outcome is stored, so a succeeded Job's pod can only be missing if something removed it: after
+# the grace such a subtask is recorded failed with reason ResultLost, never a success without its
+# result. A failed Job without a pod is recorded with the Job's own reason and message.
 POD_GRACE_SECONDS = 15.0
 RESYNC_SECONDS = 30.0
 # Job creations in flight per workload (the API client bounds requests in flight overall).
@@ -207,8 +210,13 @@ def _all_finished(w: World, tally: Tally, now: float) -> Verdict:
     job, pod = w.children.reduce_job, w.children.reduce_pod
     if job is None or not job.finished:
         return Verdict(Phase.REDUCING, Reason.REDUCING, f"{base}; reducing")
-    if job.succeeded and (pod is None or pod.uploading):
+    if job.succeeded and pod is not None and pod.succeeded and pod.uploading:
         return Verdict(Phase.REDUCING, Reason.REDUCING, f"{base}; collecting the reduce result")
+    if job.succeeded and not (pod and pod.succeeded):
+        if now - (job.finished_at if job.finished_at is not None else now) < POD_GRACE_SECONDS:
+            return Verdict(Phase.REDUCING, Reason.REDUCING, f"{base}; collecting the reduce result")
+        lost = f"the reduce step's {lost_message(job)}"
+        return Verdict(Phase.FAILED, Reason.RESULT_LOST, lost, None, format_iso(now))
     if job.succeeded:
         assert pod is not None
         if pod.store_error is not None:

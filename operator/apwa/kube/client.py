@@ -159,6 +159,14 @@ class Kube:
         )
         return None if status == 404 else obj
 
+    async def strategic_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A strategic-merge patch (built-in kinds only): `$deleteFromPrimitiveList/finalizers`
+        removes one finalizer without rewriting the list others change concurrently. None on 404."""
+        status, obj = await self.request(
+            "PATCH", path, json=body, content_type="application/strategic-merge-patch+json", ok=(404,)
+        )
+        return None if status == 404 else obj
+
     async def put(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return await self.request("PUT", path, json=body, ok=(404, 409))
 

@@ -6,6 +6,7 @@ from apwa.rendering.jobs import (
     LABEL_ROLE,
     LABEL_UID,
     LABEL_WORKLOAD,
+    RESULT_FINALIZER,
     RESULT_PATH,
     RESULTS_MOUNT,
     STORE_SIDECAR,
@@ -13,6 +14,7 @@ from apwa.rendering.jobs import (
     RenderError,
     render_job,
     render_reduce_job,
+    without_result_finalizer,
 )
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.netpol import render_network_policy
@@ -25,6 +27,7 @@ __all__ = [
     "LABEL_UID",
     "LABEL_WORKLOAD",
     "RESULTS_MOUNT",
+    "RESULT_FINALIZER",
     "RESULT_PATH",
     "STORE_SIDECAR",
     "Owner",
@@ -36,4 +39,5 @@ __all__ = [
     "render_network_policy",
     "render_reduce_job",
     "substitute",
+    "without_result_finalizer",
 ]

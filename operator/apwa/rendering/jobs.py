@@ -35,6 +35,10 @@ STORE_FETCH = "apwa-fetch"
 # The image of the store sidecar when the operator names none (offline rendering): any image
 # with the apwa package (the worker and the operator images both have `apwa-store`).
 DEFAULT_SIDECAR_IMAGE = "apwa-operator"
+# On every subtask and reduce pod (the Job controller copies template finalizers to its pods):
+# the pod, and so its termination message, outlives everything until the operator has stored the
+# outcome and removes it (controller/finalizers.py). docs/results.md, "A result is never lost silently".
+RESULT_FINALIZER = "apwa.dev/result"
 
 
 class RenderError(ValueError):
@@ -313,7 +317,8 @@ def _job(
                 c.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
 
     pod_labels = {**(pod_meta.get("labels") or {}), **metadata(owner, name, labels)["labels"]}
-    pod_template["metadata"] = {**pod_meta, "labels": pod_labels}
+    finalizers = [f for f in pod_meta.get("finalizers") or [] if f != RESULT_FINALIZER] + [RESULT_FINALIZER]
+    pod_template["metadata"] = {**pod_meta, "labels": pod_labels, "finalizers": finalizers}
     job_spec: dict[str, Any] = {
         "backoffLimit": template.backoff_limit,
         "completions": 1,
@@ -429,3 +434,12 @@ def _merge(user: dict[str, Any], required: dict[str, Any], where: str) -> dict[s
         elif user[key] != value:
             raise RenderError(f"{where}.{key}", f"{user[key]!r} weakens isolation; it needs {_RELAX}")
     return out
+
+
+def without_result_finalizer(job: dict[str, Any]) -> dict[str, Any]:
+    """The Job without RESULT_FINALIZER on its pods (APWA_POD_FINALIZER=0: benchmarks, escape hatch)."""
+    meta = job["spec"]["template"]["metadata"]
+    meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != RESULT_FINALIZER]
+    if not meta["finalizers"]:
+        del meta["finalizers"]
+    return job
