@@ -237,6 +237,7 @@ def test_operator_killed_between_upload_and_record_loses_and_doubles_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 10,000 Jobs and 1 GB of uploads: far past the default 600 s
 def test_ten_thousand_outcomes_of_100_kib(
     w: Workloads, api: client.ApiClient, s3_server: S3Server, prefix: str, operator: OperatorProcess
 ) -> None:
