@@ -69,7 +69,11 @@ class FakeSidecars:
         self._pool.shutdown(wait=True)
 
     def _run(self) -> None:
+        # One watch resumed from the last resourceVersion, never a fresh list: a re-list of 10,000
+        # pods takes longer than a pod lives (the operator releases and deletes pods as soon as their
+        # outcome is recorded), so a pod created during the gap would never get its object.
         core = client.CoreV1Api(self.api)
+        version: str | None = None
         while not self._stop.is_set():
             w = watch.Watch()
             try:
@@ -78,14 +82,21 @@ class FakeSidecars:
                     self.ns,
                     label_selector=f"apwa.dev/workload={self.name},apwa.dev/role=subtask",
                     timeout_seconds=5,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
                 ):
+                    version = event["raw_object"]["metadata"]["resourceVersion"]
                     pod = event["object"]
-                    if pod.metadata.uid in self._seen:
+                    if event["type"] == "BOOKMARK" or pod.metadata.uid in self._seen:
                         continue
                     self._seen.add(pod.metadata.uid)
                     self._pool.submit(self._upload, pod)
                     if self._stop.is_set():
                         break
+            except client.ApiException as e:
+                if e.status != 410:
+                    self.errors.append(e)
+                version = None  # expired: a list again (rare; the test then reports what it missed)
             except Exception as e:  # reported by the test through .errors
                 self.errors.append(e)
 

@@ -251,7 +251,8 @@ def test_ten_thousand_outcomes_of_100_kib(
         elapsed = time.monotonic() - started
         assert done["status"]["counts"]["succeeded"] == n
         assert _result_config_maps(w) == []
-        wait_for(lambda: len(sidecars.uploaded) >= n, 1200, "every result uploaded")
+        wait_for(lambda: len(sidecars.uploaded) >= n or sidecars.errors, 1200, "every result uploaded")
+        assert not sidecars.errors, f"{len(sidecars.uploaded)} uploaded; errors: {sidecars.errors[:3]}"
     started = time.monotonic()
     count = total = 0
     proc = subprocess.Popen([APWA, "results", "huge", "-n", w.ns, "-o", "jsonl"], stdout=subprocess.PIPE, text=True)
