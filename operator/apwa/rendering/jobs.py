@@ -14,7 +14,7 @@ from apwa.planning.base import Subtask
 from apwa.rendering.failure_policy import pod_failure_policy
 from apwa.rendering.names import child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
-from apwa.results.keys import OUTCOME_CHUNK, workload_root
+from apwa.results.keys import OUTCOME_CHUNK, location_env, workload_root
 from apwa.results.protocol import message_budget
 
 LABEL_WORKLOAD = "apwa.dev/workload"
@@ -153,29 +153,10 @@ def _fetch_results(pod: dict[str, Any], owner: Owner, store: StoreSpec, root: st
     """The reduce reads its input from a file an init container streams out of the store, so it
     never needs the store's credentials and the input is not capped by a ConfigMap's 1 MiB."""
     path = f"{INPUT_MOUNT}/results.jsonl"
-    env = {
-        **_store_env(store, root),
-        "APWA_OUTCOME_CHUNKS": str((total + OUTCOME_CHUNK - 1) // OUTCOME_CHUNK),
-        "APWA_RESULTS_PATH": path,
-    }
-    fetch = {
-        "name": STORE_FETCH,
-        "image": owner.sidecar_image,
-        "command": ["apwa-store", "fetch-results"],
-        "env": [{"name": k, "value": v} for k, v in env.items()] + _credentials(store),
-        "volumeMounts": [{"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT}],
-        "securityContext": {**_RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod["initContainers"] = [fetch, *(pod.get("initContainers") or [])]
-    pod.setdefault("volumes", []).append({"name": INPUT_VOLUME, "emptyDir": {}})
-    for c in pod["containers"]:
-        c.setdefault("volumeMounts", []).append({"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT, "readOnly": True})
-        c["env"] = [e for e in c.get("env") or [] if e.get("name") != "APWA_RESULTS_PATH"] + [
-            {"name": "APWA_RESULTS_PATH", "value": path},
-            {"name": "APWA_COUNT", "value": str(total)},
-        ]
-    _recount_message_budget(pod)
+    chunks = str((total + OUTCOME_CHUNK - 1) // OUTCOME_CHUNK)
+    own = {**_store_env(store, root), "APWA_OUTCOME_CHUNKS": chunks}
+    shared = {"APWA_RESULTS_PATH": path, "APWA_COUNT": str(total)}
+    _add_fetch(pod, owner, store, "fetch-results", own, shared)
 
 
 def _fetch_inputs(pod: dict[str, Any], owner: Owner, spec: ParallelWorkloadSpec, item_json: str) -> None:
@@ -183,13 +164,22 @@ def _fetch_inputs(pod: dict[str, Any], owner: Owner, spec: ParallelWorkloadSpec,
     main containers read at INPUT_MOUNT (named by their keys minus the prefix), so they never need
     the store's credentials (docs/inputs.md)."""
     assert spec.store is not None and spec.decomposition.objects is not None
-    inputs = {"APWA_INPUT_DIR": INPUT_MOUNT, "APWA_INPUT_PREFIX": spec.decomposition.objects.prefix}
-    env = {**_store_env(spec.store, owner.store_root(spec)), **inputs, "APWA_ITEM": item_json}
+    shared = {"APWA_INPUT_DIR": INPUT_MOUNT, "APWA_INPUT_PREFIX": spec.decomposition.objects.prefix}
+    own = {**_store_env(spec.store, owner.store_root(spec)), "APWA_ITEM": item_json}
+    _add_fetch(pod, owner, spec.store, "fetch-inputs", own, shared)
+
+
+def _add_fetch(
+    pod: dict[str, Any], owner: Owner, store: StoreSpec, command: str, own: dict[str, str], shared: dict[str, str]
+) -> None:
+    """An `apwa-store <command>` init container filling INPUT_VOLUME, which the main containers
+    mount read-only. `shared` is set for both (replacing the user's values of those names: the
+    files are where the fetch put them); `own` (the store settings) only for the fetch."""
     fetch = {
         "name": STORE_FETCH,
         "image": owner.sidecar_image,
-        "command": ["apwa-store", "fetch-inputs"],
-        "env": [{"name": k, "value": v} for k, v in env.items()] + _credentials(spec.store),
+        "command": ["apwa-store", command],
+        "env": [{"name": k, "value": v} for k, v in {**own, **shared}.items()] + _credentials(store),
         "volumeMounts": [{"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT}],
         "securityContext": {**_RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True},
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -198,8 +188,8 @@ def _fetch_inputs(pod: dict[str, Any], owner: Owner, spec: ParallelWorkloadSpec,
     pod.setdefault("volumes", []).append({"name": INPUT_VOLUME, "emptyDir": {}})
     for c in pod["containers"]:
         c.setdefault("volumeMounts", []).append({"name": INPUT_VOLUME, "mountPath": INPUT_MOUNT, "readOnly": True})
-        c["env"] = [e for e in c.get("env") or [] if e.get("name") not in inputs] + [
-            {"name": k, "value": v} for k, v in inputs.items()
+        c["env"] = [e for e in c.get("env") or [] if e.get("name") not in shared] + [
+            {"name": k, "value": v} for k, v in shared.items()
         ]
     _recount_message_budget(pod)
 
@@ -214,12 +204,8 @@ def _recount_message_budget(pod: dict[str, Any]) -> None:
 
 
 def _store_env(store: StoreSpec, root: str) -> dict[str, str]:
-    env = {"APWA_S3_BUCKET": store.s3.bucket, "APWA_S3_REGION": store.s3.region, "APWA_STORE_ROOT": root}
-    if store.s3.endpoint:
-        env["APWA_S3_ENDPOINT"] = store.s3.endpoint
-    if store.s3.path_style:
-        env["APWA_S3_PATH_STYLE"] = "true"
-    return env
+    s3 = store.s3
+    return {**location_env(s3.bucket, s3.region, s3.endpoint, s3.path_style), "APWA_STORE_ROOT": root}
 
 
 def _credentials(store: StoreSpec) -> list[dict[str, Any]]:

@@ -17,6 +17,17 @@ from __future__ import annotations
 OUTCOME_CHUNK = 1000  # outcomes per chunk object (ConfigMaps hold 200: their 1 MiB limit)
 
 
+def location_env(bucket: str, region: str, endpoint: str | None, path_style: bool) -> dict[str, str]:
+    """A bucket's non-secret settings as the environment the store's containers read
+    (store.s3.Location.from_env): rendering writes it into pods, tests run the agent with it."""
+    env = {"APWA_S3_BUCKET": bucket, "APWA_S3_REGION": region}
+    if endpoint:
+        env["APWA_S3_ENDPOINT"] = endpoint
+    if path_style:
+        env["APWA_S3_PATH_STYLE"] = "true"
+    return env
+
+
 def workload_root(prefix: str, namespace: str, name: str, uid: str) -> str:
     return f"{prefix}{namespace}/{name}-{uid}/"
 

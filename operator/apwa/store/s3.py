@@ -15,6 +15,8 @@ import obstore
 from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store
 
+from apwa.results.keys import location_env
+
 # Keys of the credentials Secret (and of the environment the sidecar gets them in).
 SECRET_ACCESS_KEY_ID = "accessKeyId"
 SECRET_SECRET_ACCESS_KEY = "secretAccessKey"
@@ -58,12 +60,7 @@ class Location:
 
     def env(self) -> dict[str, str]:
         """The non-secret settings, as the store sidecar reads them."""
-        env = {"APWA_S3_BUCKET": self.bucket, "APWA_S3_REGION": self.region}
-        if self.endpoint:
-            env["APWA_S3_ENDPOINT"] = self.endpoint
-        if self.path_style:
-            env["APWA_S3_PATH_STYLE"] = "true"
-        return env
+        return location_env(self.bucket, self.region, self.endpoint, self.path_style)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Location:
