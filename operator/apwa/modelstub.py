@@ -4,7 +4,7 @@
 
 Answers POST .../chat/completions deterministically, in the shape OpenAI's API has:
 * with response_format json_schema, the smallest instance of the schema (required properties,
-  minItems items, the first enum value, "stub" for strings, 0 for numbers);
+  one item per array (or minItems), the first enum value, "stub" for strings, 0 for numbers);
 * with json_object, {"answer": "stub"}; otherwise the text "stub answer: " and the start of the
   last user message.
 Token counts are the words (whitespace-separated) of the messages and of the answer, so a test
@@ -63,7 +63,9 @@ def instance(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
         props = schema.get("properties") or {}
         return {name: instance(props.get(name, {}), root) for name in schema.get("required") or []}
     if kind == "array":
-        return [instance(schema.get("items") or {}, root) for _ in range(schema.get("minItems", 0))]
+        # One item where the schema allows it, so that a reduce over the answers has something to merge.
+        n = max(schema.get("minItems", 0), min(1, schema.get("maxItems", 1)))
+        return [instance(schema.get("items") or {}, root) for _ in range(n)]
     if kind == "string":
         return "stub".ljust(schema.get("minLength", 0), "-")
     if kind in ("integer", "number"):
