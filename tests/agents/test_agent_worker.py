@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from apwa import agent
 from apwa.api.models import AgentSpec
 from apwa.modelstub import ModelStub
