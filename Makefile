@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 REAL_NODE ?= 0
 
-.PHONY: install model-stub test test-slow test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan clean
+.PHONY: install model-stub test test-slow test-unit test-agents test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test-slow: install testenv testenv-real
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+## The agent worker and the code-review example against the scripted model server (127.0.0.1 only).
+test-agents: install
+	$(BIN)/pytest tests/agents $(PYTEST_ARGS)
 
 test-integration: install testenv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
