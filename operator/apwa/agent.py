@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,7 @@ def messages(spec: AgentSpec, context: dict[str, Any], files: Files) -> list[dic
     return [*out, {"role": "user", "content": prompt}]
 
 
-def _parser(spec: AgentSpec) -> Any:
+def _parser(spec: AgentSpec) -> Callable[[str, str | None], Any]:
     def structured(content: str, finish: str | None) -> Any:
         value = parse_json(content, finish, cut_hint=f"raise {FIELD}.maxTokens or ask for a shorter answer")
         problems = schema_errors(value, spec.output_schema or {})
@@ -223,7 +223,7 @@ async def _ask(client: AgentClient, spec: AgentSpec, start: list[dict[str, Any]]
         async with client.session(float(spec.timeout_seconds)) as http:
             convo = list(start)
             if spec.max_turns:
-                content, finish = await _tool_turns(client, http, url, spec, convo, files, limits, options)
+                content, finish = await _tool_turns(client, http, url, spec, convo, files, limits, schema, options)
                 try:
                     return parse(content, finish)
                 except Invalid as e:
@@ -257,13 +257,14 @@ async def _tool_turns(
     convo: list[dict[str, Any]],
     files: Files,
     limits: Limits,
+    schema: tuple[str, dict[str, Any]] | None,
     options: dict[str, Any],
 ) -> tuple[str, str | None]:
     """Turns until the model answers without calling a tool; it may read files, nothing else."""
     turns = spec.max_turns or 1
     for _ in range(turns):
         reply = await client.exchange(
-            http, url, model=spec.model, messages=convo, schema=None, limits=limits, tools=[READ_FILE_TOOL], **options
+            http, url, model=spec.model, messages=convo, schema=schema, limits=limits, tools=[READ_FILE_TOOL], **options
         )
         if not reply.tool_calls:
             return reply.content, reply.finish_reason

@@ -277,3 +277,15 @@ def test_files_are_appended_to_the_prompt(tmp_path: Path) -> None:
     with ModelStub() as stub:
         ask(spec(stub.url, files=["{{ item.path }}"]), files=agent.Files([tmp_path]))
     assert stub.requests[0].body["messages"][-1]["content"] == "Review a.py\n\n--- a.py ---\nx = 1\n"
+
+
+def test_a_structured_answer_after_tool_calls_is_repaired_like_any_other(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    with ModelStub([{"readFile": "a.py"}, {"content": '```json\n{"findings": 3}\n```'}]) as stub:
+        got = ask(spec(stub.url, maxTurns=2, outputSchema=FINDINGS), files=agent.Files([tmp_path]))
+    assert got.value == {"findings": [{"line": 0}]}
+    assert got.usage.requests == 3
+    last = stub.requests[2].body["messages"]
+    assert [m["role"] for m in last[-4:]] == ["assistant", "tool", "assistant", "user"]
+    assert "$.findings is an integer; it must be array" in last[-1]["content"]
+    assert stub.requests[0].body["tools"][0]["function"]["name"] == "read_file"
