@@ -124,6 +124,15 @@ class AgentClient(ChatClient):
             return f": check {FIELD}.model, and {FIELD}.maxTokens against the model's context length"
         return ""
 
+    def fail_status(self, resp: httpx.Response, url: str) -> ClientError:
+        e = super().fail_status(resp, url)
+        # A 4xx answer (never 408 or 429: those were retried) says the same to the same request.
+        return _Refused(e.field, e.message) if 400 <= resp.status_code < 500 else e
+
+
+class _Refused(ClientError):
+    """The server refused the request itself: asking again in a new pod cannot help."""
+
 
 def declaration(env: Mapping[str, str]) -> AgentSpec:
     raw = env.get(ENV_AGENT)
@@ -235,9 +244,12 @@ async def _ask(client: AgentClient, spec: AgentSpec, start: list[dict[str, Any]]
                 http, url, messages=convo, parse=parse, repair=_repair, attempts=attempts, **common
             )
     except ClientError as e:
-        raise AgentError(e.args[0], final=e.field.endswith((".apiKeySecretRef", ".url", ".model"))) from None
+        final = isinstance(e, _Refused) or e.field.endswith(".url")
+        raise AgentError(e.args[0], final=final) from None
     except Invalid as e:
-        rounds = spec.repair_attempts if spec.output_schema is not None else 0
+        if spec.output_schema is None:
+            raise AgentError(f"{FIELD}: {e}") from None
+        rounds = spec.repair_attempts
         raise AgentError(
             f"{FIELD}: the model {spec.model!r} at {display_url(url)} gave no usable answer after {rounds} repair "
             f"attempt{'s' if rounds != 1 else ''}: {client.redact(str(e))}; try a stronger model, raise "

@@ -146,7 +146,24 @@ def test_a_cut_free_text_answer_is_an_error_not_a_result() -> None:
 
         stub.completion = cut  # type: ignore[method-assign]
         e = fails(spec(stub.url))
-    assert "cut off at the output limit" in e.message and "raise spec.agent.maxTokens" in e.message
+    assert e.message == (
+        "spec.agent: the answer was cut off at the output limit (finish_reason length): raise spec.agent.maxTokens"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "final"),
+    [
+        pytest.param(400, True, id="400 bad request: final"),
+        pytest.param(404, True, id="404 wrong url: final"),
+        pytest.param(503, False, id="503 after retries: the Job may retry"),
+    ],
+)
+def test_which_server_errors_are_final(status: int, final: bool) -> None:
+    with ModelStub([{"status": status}] * 2) as stub:
+        e = fails(spec(stub.url, retries=1))
+    assert e.final is final
+    assert f"returned HTTP {status}" in e.message
 
 
 def test_usage_is_counted_exactly() -> None:
