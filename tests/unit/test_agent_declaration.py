@@ -22,12 +22,15 @@ POD = {
 }
 
 
-def workload(**agent: Any) -> ParallelWorkloadSpec:
+def workload(deadline: int | None = None, **agent: Any) -> ParallelWorkloadSpec:
+    template: dict[str, Any] = {"podTemplate": POD}
+    if deadline is not None:
+        template["activeDeadlineSeconds"] = deadline
     return ParallelWorkloadSpec.model_validate(
         {
             "decomposition": {"items": ["a.py", "b.py"]},
             "agent": {**AGENT, **agent},
-            "templates": {"default": {"podTemplate": POD}},
+            "templates": {"default": template},
             "results": {"reduce": {}},
         }
     )
@@ -57,6 +60,15 @@ def test_bad_declarations_are_refused_naming_the_field(agent: dict[str, Any], me
         workload(**agent)
     text = str(e.value).replace("\n  ", " ")
     assert message in text
+
+
+def test_the_agent_gives_up_before_its_pod_is_killed() -> None:
+    with pytest.raises(ValidationError) as e:
+        workload(deadline=600, deadlineSeconds=600)
+    assert "agent.deadlineSeconds (600) must be less than spec.templates.default.activeDeadlineSeconds (600)" in str(
+        e.value
+    )
+    workload(deadline=600, deadlineSeconds=540)
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:

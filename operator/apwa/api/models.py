@@ -679,8 +679,25 @@ class ParallelWorkloadSpec(Model):
             )
         if self.decomposition.objects is not None and self.store is None:
             raise ValueError("decomposition.objects needs spec.store (the bucket the objects are listed from)")
+        self._agent_fits_templates()
         # Items that name a template are checked by the planner (it sees ConfigMap and planner data too).
         return self
+
+    def _agent_fits_templates(self) -> None:
+        """The agent must give up (and report what it spent) before Kubernetes kills its pod."""
+        if self.agent is None:
+            return
+        # The reduce's own template runs no agent (yet); 'default' always may.
+        reduce = self.results.reduce.template if self.results and self.results.reduce else None
+        for name, t in sorted(self.templates.items()):
+            if name == reduce and name != DEFAULT_TEMPLATE:
+                continue
+            if t.active_deadline_seconds is not None and self.agent.deadline_seconds >= t.active_deadline_seconds:
+                raise ValueError(
+                    f"agent.deadlineSeconds ({self.agent.deadline_seconds}) must be less than "
+                    f"spec.templates.{name}.activeDeadlineSeconds ({t.active_deadline_seconds}): lower the first "
+                    "or raise the second"
+                )
 
     @property
     def failure(self) -> FailurePolicy:
