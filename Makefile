@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 REAL_NODE ?= 0
 
-.PHONY: install test test-slow test-unit test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan clean
+.PHONY: install model-stub test test-slow test-unit test-agents test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test-slow: install testenv testenv-real
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+## The agent worker and the code-review example against the scripted model server (127.0.0.1 only).
+test-agents: install
+	$(BIN)/pytest tests/agents $(PYTEST_ARGS)
 
 test-integration: install testenv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
@@ -115,3 +119,8 @@ clean:
 ## (APWA_DEMO=kind|real forces one). The same flows are tests/e2e.
 demo: install
 	$(BIN)/python tests/e2e/demo.py
+
+## A scripted OpenAI-compatible model server on 127.0.0.1:8765 (apwa.modelstub; faults: see its
+## docstring), for the agent examples without a real model: MODEL_STUB_ARGS="--port 9000 --script f.json".
+model-stub: install
+	$(BIN)/apwa-model-stub $(MODEL_STUB_ARGS)

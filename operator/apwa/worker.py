@@ -26,7 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from apwa.results.protocol import FINAL_EXIT_CODE, MAX_RESULT_BYTES, ResultTooLarge, encode_failure, encode_result
+from apwa.results.protocol import (
+    FINAL_EXIT_CODE,
+    MAX_RESULT_BYTES,
+    ResultTooLarge,
+    encode_failure,
+    encode_result,
+    encode_usage,
+)
 
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 
@@ -59,23 +66,29 @@ def inputs() -> list[Path]:
     return [Path(directory) / input_name(prefix, key) for key in item()["keys"]]
 
 
-def emit(value: Any) -> None:
+def emit(value: Any, *, usage: dict[str, Any] | None = None) -> None:
     """Report this subtask's result, in the envelope of apwa.results.protocol.
 
     Small results go into the termination message. Without a store, a result the kubelet would
     not keep whole (4 KiB, less in pods with more than three containers: the operator passes the
     limit as APWA_RESULT_LIMIT) raises ResultTooLarge and writes nothing. With a store it is
-    written to $APWA_OUTPUT_PATH instead, for the store sidecar to upload."""
+    written to $APWA_OUTPUT_PATH instead, for the store sidecar to upload.
+
+    `usage` (what an agent spent: docs/results.md) travels in the envelope; with a stored result,
+    in this container's message alone."""
     limit = int(os.environ.get("APWA_RESULT_LIMIT", MAX_RESULT_BYTES))
     output = os.environ.get("APWA_OUTPUT_PATH")
+    result_path = Path(os.environ.get("APWA_RESULT_PATH", DEFAULT_RESULT_PATH))
     try:
-        data = encode_result(value, limit)
+        data = encode_result(value, limit, usage)
     except ResultTooLarge:
         if not output:
             raise
         _write_atomically(Path(output), json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if usage is not None:
+            result_path.write_bytes(encode_usage(usage))
         return
-    Path(os.environ.get("APWA_RESULT_PATH", DEFAULT_RESULT_PATH)).write_bytes(data)
+    result_path.write_bytes(data)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -85,12 +98,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def fail(message: str, *, final: bool = False) -> NoReturn:
+def fail(message: str, *, final: bool = False, usage: dict[str, Any] | None = None) -> NoReturn:
     """End this subtask as failed with `message`. `final=True`: retrying cannot help (bad input),
     so the Job fails at once whatever its backoffLimit, and the failure is listed as Final."""
     path = Path(os.environ.get("APWA_RESULT_PATH", DEFAULT_RESULT_PATH))
     limit = int(os.environ.get("APWA_RESULT_LIMIT", MAX_RESULT_BYTES))
-    path.write_bytes(encode_failure(message, final=final, limit=limit))
+    path.write_bytes(encode_failure(message, final=final, limit=limit, usage=usage))
     print(message, file=sys.stderr, flush=True)
     sys.exit(FINAL_EXIT_CODE if final else 1)
 

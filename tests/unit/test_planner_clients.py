@@ -455,7 +455,7 @@ def test_example_plans_and_runs_locally(tmp_path: Path) -> None:
     with Server(fake_llm) as s:
         path = tmp_path / "llm.yaml"
         path.write_text(text.replace(url, s.url + "/v1"))
-        env = {**os.environ, ENV_API_KEY: SECRET}
+        env = {**os.environ, ENV_API_KEY: SECRET, "APWA_AGENT_API_KEY": SECRET}
         cmd = [sys.executable, "-m", "apwa.cli"]
         planned = subprocess.run(
             [*cmd, "plan", str(path), "-o", "json"], capture_output=True, text=True, env=env, timeout=60

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from apwa import API_VERSION, KIND
+from apwa.common.schema import SchemaError, check_schema
 
 DEFAULT_TEMPLATE = "default"
 STRATEGIES = ("items", "range", "shards", "matrix", "configMapRef", "planner", "objects")
@@ -133,6 +134,91 @@ class PlannerSpec(Model):
             raise ValueError("planner.model is required for type OpenAI")
         if self.context is not None and self.context_config_map_ref is not None:
             raise ValueError("set planner.context or planner.contextConfigMapRef, not both")
+        return self
+
+
+_PROMPT_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
+PROMPT_NAMES = ("index", "count", "workload", "item")
+# The environment through which a subtask's container receives the agent declaration (JSON of
+# AgentSpec, without any secret) and the API key (from the Secret, by secretKeyRef).
+ENV_AGENT = "APWA_AGENT"
+ENV_AGENT_API_KEY = "APWA_AGENT_API_KEY"
+
+
+class AgentSpec(Model):
+    """The built-in LLM agent (the `apwa-agent` command of the worker image): one model, reached
+    the same way by every subtask of the workload. docs/agents.md."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Base URL of an OpenAI-compatible server; /chat/completions is appended "
+        "(https://api.openai.com/v1, http://vllm.llm:8000/v1, http://ollama.llm:11434/v1).",
+    )
+    model: str = Field(min_length=1, max_length=256, description="Model name the server serves.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Secret key holding the API key. It reaches the agent's container only as an environment "
+        "variable from the Secret (secretKeyRef), never through the spec, the status or logs.",
+    )
+    system_prompt: str | None = Field(None, max_length=32_768, description="The system message.")
+    prompt: str = Field(
+        min_length=1,
+        max_length=32_768,
+        description="The user message, filled from the subtask: {{ item }}, {{ item.field }}, {{ index }}, "
+        "{{ count }}, {{ workload }} (the placeholders of templates).",
+    )
+    files: list[str] | None = Field(
+        None,
+        max_length=32,
+        description="Files appended to the prompt (placeholders allowed, e.g. '{{ item }}'): relative to the "
+        "worker's working directory or under the subtask's input directory; nothing outside them.",
+    )
+    output_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema the answer must satisfy (the structured-output subset: type, properties, "
+        "required, items, enum, const, bounds, pattern, anyOf/allOf/oneOf, local $ref). The answer is then "
+        "parsed as JSON, validated, and sent back for repair when it fails.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Completion tokens per request.")
+    timeout_seconds: int = Field(120, ge=1, le=3600, description="Timeout of one model request, as a whole.")
+    deadline_seconds: int = Field(
+        900,
+        ge=1,
+        le=86_400,
+        description="All of one subtask's model calls, retries and repairs included, end within this; "
+        "keep it below the template's activeDeadlineSeconds.",
+    )
+    retries: int = Field(
+        8, ge=0, le=100, description="Retries per request on network errors, 408, 429 and 5xx (within the deadline)."
+    )
+    repair_attempts: int = Field(
+        2, ge=0, le=5, description="Times an answer that fails outputSchema is sent back with the errors."
+    )
+    max_turns: int | None = Field(
+        None,
+        ge=1,
+        le=50,
+        description="Enables the read_file tool: at most this many model turns per subtask (tool calls "
+        "included). Unset: one answer, no tools.",
+    )
+
+    @model_validator(mode="after")
+    def _usable(self) -> AgentSpec:
+        for field, text in (("prompt", self.prompt), *(("files", f) for f in self.files or [])):
+            for name in _PROMPT_PLACEHOLDER.findall(text):
+                if name.partition(".")[0] not in PROMPT_NAMES:
+                    raise ValueError(
+                        f"agent.{field}: unknown placeholder {{{{ {name} }}}} (use {', '.join(PROMPT_NAMES)})"
+                    )
+        if self.output_schema is not None:
+            try:
+                check_schema(self.output_schema, "agent.outputSchema")
+            except SchemaError as e:
+                raise ValueError(str(e)) from None
         return self
 
 
@@ -570,6 +656,12 @@ class ParallelWorkloadSpec(Model):
         "Immutable.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "store is immutable once set")]},
     )
+    agent: AgentSpec | None = Field(
+        None,
+        description="The built-in LLM agent: subtask pods get its declaration and API key in their environment, "
+        "for the worker image's `apwa-agent` command (docs/agents.md). Immutable.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "agent is immutable once set")]},
+    )
     suspend: bool = Field(False, description="Stop starting Jobs and suspend active ones; false resumes.")
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the workload (and everything it made) this long after it finished."
@@ -587,8 +679,25 @@ class ParallelWorkloadSpec(Model):
             )
         if self.decomposition.objects is not None and self.store is None:
             raise ValueError("decomposition.objects needs spec.store (the bucket the objects are listed from)")
+        self._agent_fits_templates()
         # Items that name a template are checked by the planner (it sees ConfigMap and planner data too).
         return self
+
+    def _agent_fits_templates(self) -> None:
+        """The agent must give up (and report what it spent) before Kubernetes kills its pod."""
+        if self.agent is None:
+            return
+        # The reduce's own template runs no agent (yet); 'default' always may.
+        reduce = self.results.reduce.template if self.results and self.results.reduce else None
+        for name, t in sorted(self.templates.items()):
+            if name == reduce and name != DEFAULT_TEMPLATE:
+                continue
+            if t.active_deadline_seconds is not None and self.agent.deadline_seconds >= t.active_deadline_seconds:
+                raise ValueError(
+                    f"agent.deadlineSeconds ({self.agent.deadline_seconds}) must be less than "
+                    f"spec.templates.{name}.activeDeadlineSeconds ({t.active_deadline_seconds}): lower the first "
+                    "or raise the second"
+                )
 
     @property
     def failure(self) -> FailurePolicy:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class Limits:
 
     timeout: float
     retries: int
+    # time.monotonic() by which every attempt and every wait must have ended (the agent's
+    # deadlineSeconds): an attempt gets what is left of it, a wait that would pass it is not made.
+    deadline: float | None = None
 
 
 class ClientError(ValueError):
@@ -81,6 +85,11 @@ class JsonClient:
         # Where the key came from, for messages: "Secret 'llm' (key 'apiKey')" or an env var.
         self.key_source = key_source
         self.backoff = backoff
+        # What this client spent, for usage reports: attempts made, of which retries, and the
+        # seconds spent waiting for answers (backoff pauses excluded).
+        self.requests = 0
+        self.retries = 0
+        self.latency = 0.0
 
     def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}(api_key={'***' if self._api_key else None})"
@@ -124,13 +133,21 @@ class JsonClient:
         backoff = Backoff(self.backoff, MAX_BACKOFF, jitter=(0.5, 1.5))
         for attempt in range(1, attempts + 1):
             wait: float | None = None
+            budget = self._budget(limits, where)
+            self.requests += 1
+            started = time.monotonic()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(budget):
                     resp = await client.post(url, json=body, headers=self.headers())
             except (TimeoutError, httpx.TimeoutException):
-                problem = f"did not answer within timeoutSeconds ({timeout}s)"
-                hint = f"raise {self.field}.timeoutSeconds, or check that the {self.noun} is healthy"
-                field = f"{self.field}.timeoutSeconds"
+                cut = budget < timeout
+                problem = (
+                    f"did not answer before the deadline ({budget:.1f}s were left)"
+                    if cut
+                    else f"did not answer within timeoutSeconds ({timeout}s)"
+                )
+                field = f"{self.field}.deadlineSeconds" if cut else f"{self.field}.timeoutSeconds"
+                hint = f"raise {field}, or check that the {self.noun} is healthy"
             except httpx.TransportError as e:
                 # httpx's messages name the host and the OS error, never headers.
                 problem = f"could not be reached ({type(e).__name__}: {self.redact(str(e)) or 'no detail'})"
@@ -141,6 +158,7 @@ class JsonClient:
                 )
             else:
                 if resp.status_code not in RETRY_STATUS:
+                    self.latency += time.monotonic() - started
                     return resp
                 problem = f"returned HTTP {resp.status_code}{self.snippet(resp)}"
                 hint = (
@@ -150,17 +168,33 @@ class JsonClient:
                 )
                 wait = retry_after(resp.headers.get("Retry-After"), cap=MAX_RETRY_AFTER)
                 field = self.field
-            if attempt == attempts:
-                tries = f"{attempts} attempts" if attempts > 1 else "1 attempt (retries: 0)"
-                raise ClientError(field, f"the {self.kind} {self.noun} at {where} {problem} after {tries}: {hint}")
+            self.latency += time.monotonic() - started
             # Jittered: many workloads must not retry in step. A Retry-After overrides it.
             jittered = backoff.next()
             wait = jittered if wait is None else wait
+            late = limits.deadline is not None and time.monotonic() + wait >= limits.deadline
+            if attempt == attempts or late:
+                tries = f"{attempt} attempts" if attempt > 1 else "1 attempt"
+                tries += " (retries: 0)" if attempts == 1 else " (the deadline came first)" if late else ""
+                raise ClientError(field, f"the {self.kind} {self.noun} at {where} {problem} after {tries}: {hint}")
             log.warning(
                 "%s %s %s; retrying in %.1fs (attempt %d of %d)", self.noun, where, problem, wait, attempt + 1, attempts
             )
+            self.retries += 1
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
+
+    def _budget(self, limits: Limits, where: str) -> float:
+        """This attempt's time: timeoutSeconds, or what is left before the deadline if less."""
+        if limits.deadline is None:
+            return limits.timeout
+        left = limits.deadline - time.monotonic()
+        if left <= 0:
+            raise ClientError(
+                f"{self.field}.deadlineSeconds",
+                f"the deadline passed before the {self.kind} {self.noun} at {where} was asked: raise deadlineSeconds",
+            )
+        return min(limits.timeout, left)
 
     def fail_status(self, resp: httpx.Response, url: str) -> ClientError:
         """The error for a final answer that is not a success, with what to change."""

@@ -9,16 +9,43 @@ remembered and the next weaker one is tried.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeVar
 
 import httpx
 
 from apwa.clients.http import SNIPPET, ClientError, JsonClient, Limits, display_url
+from apwa.common.answers import Invalid
 
 log = logging.getLogger("apwa.clients")
 
 Format = Literal["json_schema", "json_object", "none"]
 _FALLBACK: dict[Format, Format] = {"json_schema": "json_object", "json_object": "none"}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one client spent: the `usage` object of a result envelope (docs/results.md)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+    retries: int
+    latency_seconds: float
+
+    def dump(self) -> dict[str, Any]:
+        return {**asdict(self), "latency_seconds": round(self.latency_seconds, 3)}
+
+
+@dataclass(slots=True)
+class Reply:
+    """One assistant message: its text, why it ended, and the tool calls it asks for."""
+
+    content: str
+    finish_reason: str | None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ChatClient(JsonClient):
@@ -28,6 +55,13 @@ class ChatClient(JsonClient):
         super().__init__(**kwargs)
         # The strongest response_format the server accepted; remembered across calls.
         self.format: Format = "json_schema"
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        # What the model is said to have refused to do, in the refusal's message.
+        self.task = "plan"
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, self.requests, self.retries, self.latency)
 
     def url_hint(self) -> str:
         return " (the base URL, usually ending in /v1; /chat/completions is appended)"
@@ -56,14 +90,32 @@ class ChatClient(JsonClient):
         url: str,
         *,
         model: str | None,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         schema: tuple[str, dict[str, Any]] | None,
         limits: Limits,
+        options: dict[str, Any] | None = None,
     ) -> tuple[str, str | None]:
         """One completion: (content, finish_reason). Falls back to weaker response formats when refused."""
+        reply = await self.exchange(
+            client, url, model=model, messages=messages, schema=schema, limits=limits, **(options or {})
+        )
+        return reply.content, reply.finish_reason
+
+    async def exchange(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        model: str | None,
+        messages: list[dict[str, Any]],
+        schema: tuple[str, dict[str, Any]] | None,
+        limits: Limits,
+        **options: Any,
+    ) -> Reply:
+        """One completion as a Reply; `options` are more body keys (temperature, max_tokens, tools)."""
         name, json_schema = schema if schema else ("answer", None)
         while True:
-            body = {"model": model, "messages": messages, **self.response_format(name, json_schema)}
+            body = {"model": model, "messages": messages, **options, **self.response_format(name, json_schema)}
             resp = await self.post(client, url, body, limits)
             if resp.status_code in (400, 422) and self.format != "none" and _mentions_format(resp):
                 log.info(
@@ -77,11 +129,49 @@ class ChatClient(JsonClient):
                 continue
             if resp.status_code != 200:
                 raise self.fail_status(resp, url)
-            return self._content(resp, url)
+            return self._reply(resp, url)
 
-    def _content(self, resp: httpx.Response, url: str) -> tuple[str, str | None]:
+    async def complete_valid(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        model: str | None,
+        messages: list[dict[str, Any]],
+        schema: tuple[str, dict[str, Any]] | None,
+        limits: Limits,
+        parse: Callable[[str, str | None], T],
+        repair: Callable[[Invalid], str],
+        attempts: int,
+        options: dict[str, Any] | None = None,
+    ) -> T:
+        """An answer that `parse` accepts. One that it rejects (Invalid) goes back to the model with
+        `repair(error)` as a follow-up, at most `attempts` times; then the last Invalid is raised."""
+        messages = list(messages)
+        for round_ in range(attempts + 1):
+            content, finish = await self.complete(
+                client, url, model=model, messages=messages, schema=schema, limits=limits, options=options
+            )
+            try:
+                return parse(content, finish)
+            except Invalid as e:
+                if round_ == attempts:
+                    raise
+                log.warning(
+                    "%s %s: the answer is invalid (%s); asking the model to repair it (%d of %d)",
+                    self.noun,
+                    display_url(url),
+                    self.redact(str(e)),
+                    round_ + 1,
+                    attempts,
+                )
+                messages += [{"role": "assistant", "content": content}, {"role": "user", "content": repair(e)}]
+        raise AssertionError("unreachable")
+
+    def _reply(self, resp: httpx.Response, url: str) -> Reply:
         try:
-            choice = resp.json()["choices"][0]
+            data = resp.json()
+            choice = data["choices"][0]
             message = choice["message"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise ClientError(
@@ -89,15 +179,26 @@ class ChatClient(JsonClient):
                 f"the {self.kind} {self.noun} at {display_url(url)} did not answer a chat completion "
                 f"(HTTP 200{self.snippet(resp)}): check {self.field}.url{self.url_hint()}",
             ) from None
+        self._count(data.get("usage"))
         content = message.get("content")
         if isinstance(content, list):  # content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not content and message.get("refusal"):
+        calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+        if not content and not calls and message.get("refusal"):
             raise ClientError(
-                f"{self.field}.query",
-                f"the model refused to plan: {self.redact(str(message['refusal']))[:SNIPPET]}",
+                f"{self.field}.query" if self.task == "plan" else f"{self.field}.prompt",
+                f"the model refused to {self.task}: {self.redact(str(message['refusal']))[:SNIPPET]}",
             )
-        return str(content or ""), choice.get("finish_reason")
+        return Reply(str(content or ""), choice.get("finish_reason"), calls)
+
+    def _count(self, usage: Any) -> None:
+        """Tokens as the server reports them; a server that reports none adds none (not guessed)."""
+        if not isinstance(usage, dict):
+            return
+        for key in ("prompt_tokens", "completion_tokens"):
+            n = usage.get(key)
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+                setattr(self, key, getattr(self, key) + n)
 
 
 def _mentions_format(resp: httpx.Response) -> bool:

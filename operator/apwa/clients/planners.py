@@ -142,47 +142,30 @@ class OpenAIPlanner(_Planning, ChatClient):
             {"role": "user", "content": user_prompt(spec.query, context, workload)},
         ]
         started = time.monotonic()
-        problem = Invalid("no answer")
         async with self.session(float(spec.timeout_seconds)) as client:
-            for round_ in range(spec.repair_attempts + 1):
+            try:
                 with _as_planning_errors():
-                    content, finish = await self.complete(
+                    items = await self.complete_valid(
                         client,
                         url,
                         model=spec.model,
                         messages=messages,
                         schema=("subtasks", ANSWER_SCHEMA),
                         limits=_limits(spec),
+                        parse=lambda content, finish: parse_answer(content, finish, spec, self.check),
+                        repair=lambda e: REPAIR_PROMPT.format(error=e, max_subtasks=spec.max_subtasks),
+                        attempts=spec.repair_attempts,
                     )
-                try:
-                    items = parse_answer(content, finish, spec, self.check)
-                except Invalid as e:
-                    problem = e
-                    if round_ < spec.repair_attempts:
-                        messages += self._repair(url, spec, content, e, round_)
-                    continue
-                log.info(
-                    "planner %s (model %s) returned %d subtasks in %.1fs",
-                    display_url(url),
-                    spec.model,
-                    len(items),
-                    time.monotonic() - started,
-                )
-                return items
-        raise self._no_plan(spec, url, problem)
-
-    def _repair(self, url: str, spec: PlannerSpec, content: str, e: Invalid, round_: int) -> list[dict[str, str]]:
-        log.warning(
-            "planner %s: the answer is invalid (%s); asking the model to repair it (%d of %d)",
+            except Invalid as e:
+                raise self._no_plan(spec, url, e) from None
+        log.info(
+            "planner %s (model %s) returned %d subtasks in %.1fs",
             display_url(url),
-            self.redact(str(e)),
-            round_ + 1,
-            spec.repair_attempts,
+            spec.model,
+            len(items),
+            time.monotonic() - started,
         )
-        return [
-            {"role": "assistant", "content": content},
-            {"role": "user", "content": REPAIR_PROMPT.format(error=e, max_subtasks=spec.max_subtasks)},
-        ]
+        return items
 
     def _no_plan(self, spec: PlannerSpec, url: str, problem: Invalid) -> PlanningError:
         rounds = spec.repair_attempts

@@ -10,7 +10,6 @@ The HTTP decomposer contract (request and response) is defined by the pydantic m
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 from pydantic.alias_generators import to_camel
 
 from apwa.api.models import PlannerSpec
+from apwa.common.answers import Invalid, parse_json
 from apwa.planning.base import PlanningError
 
 FIELD = "spec.decomposition.planner"
@@ -165,14 +165,6 @@ def user_prompt(query: str, context: str | None, workload: str) -> str:
 
 
 # ---- checking an answer ------------------------------------------------------------------------
-class Invalid(Exception):
-    """An answer that arrived but can't be used; the message is fed back to the model."""
-
-    def __init__(self, message: str, *, too_many: bool = False) -> None:
-        super().__init__(message)
-        self.too_many = too_many
-
-
 def errors(e: ValidationError, limit: int = 5) -> str:
     parts = []
     for err in e.errors()[:limit]:
@@ -182,26 +174,9 @@ def errors(e: ValidationError, limit: int = 5) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-_FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-
-
 def parse_answer(content: str, finish_reason: str | None, spec: PlannerSpec, check: Check | None) -> list[Any]:
     """A model's answer as subtask items; Invalid (sent back to the model) when unusable."""
-    text = _THINK.sub("", content).strip()  # reasoning models may prepend their thoughts
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    if not text:
-        raise Invalid("the answer was empty")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        cut = " (it was cut off at the output limit: return fewer or shorter subtasks)"
-        raise Invalid(
-            f"it is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
-            + (cut if finish_reason == "length" else "")
-        ) from None
+    value = parse_json(content, finish_reason, cut_hint="return fewer or shorter subtasks")
     if isinstance(value, list):  # a bare array is an unambiguous answer, accept it as such
         value = {"subtasks": value}
     try:

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apwa import API_VERSION, KIND
-from apwa.api.models import Isolation, JobTemplate, ParallelWorkloadSpec, StoreSpec
+from apwa.api.models import (
+    ENV_AGENT,
+    ENV_AGENT_API_KEY,
+    AgentSpec,
+    Isolation,
+    JobTemplate,
+    ParallelWorkloadSpec,
+    StoreSpec,
+)
 from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
 from apwa.rendering.failure_policy import pod_failure_policy
@@ -103,6 +111,8 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
     labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value}
     if spec.store is not None:
         env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
+    if spec.agent is not None:
+        env[ENV_AGENT] = json.dumps(spec.agent.dump(), separators=(",", ":"), sort_keys=True)
     job = _job(
         owner,
         spec,
@@ -115,7 +125,21 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
     )
     if spec.decomposition.objects is not None:
         _fetch_inputs(job["spec"]["template"]["spec"], owner, spec, item_json)
+    if spec.agent is not None:
+        _agent_key(job["spec"]["template"]["spec"], spec.agent)
     return job
+
+
+def _agent_key(pod: dict[str, Any], agent: AgentSpec) -> None:
+    """The API key, for the main container only (the one that runs the agent): by reference to the
+    Secret, so its value is in no object APWA writes."""
+    ref = agent.api_key_secret_ref
+    if ref is None:
+        return
+    main = pod["containers"][0]
+    main["env"] = [e for e in main.get("env") or [] if e.get("name") != ENV_AGENT_API_KEY] + [
+        {"name": ENV_AGENT_API_KEY, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    ]
 
 
 def render_reduce_job(

@@ -11,10 +11,12 @@ from apwa.results.protocol import (
     decode_failure,
     decode_result,
     decode_stored,
+    decode_usage,
     decode_value,
     encode_failure,
     encode_result,
     encode_stored,
+    encode_usage,
     message_budget,
 )
 
@@ -30,9 +32,11 @@ __all__ = [
     "decode_failure",
     "decode_result",
     "decode_stored",
+    "decode_usage",
     "decode_value",
     "encode_failure",
     "encode_result",
     "encode_stored",
+    "encode_usage",
     "message_budget",
 ]

@@ -50,10 +50,12 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def encode_result(value: Any, limit: int = MAX_RESULT_BYTES) -> bytes:
-    """The envelope for `value`; ResultTooLarge (nothing written) when it would not fit `limit`."""
+def encode_result(value: Any, limit: int = MAX_RESULT_BYTES, usage: dict[str, Any] | None = None) -> bytes:
+    """The envelope for `value` (and the agent's `usage`); ResultTooLarge (nothing written) when it
+    would not fit `limit`."""
     body = _compact(value)
-    data = f'{_ENVELOPE_PREFIX}{ENVELOPE_VERSION},"len":{len(body.encode())},"value":{body}}}'.encode()
+    extra = f',"usage":{_compact(usage)}' if usage is not None else ""
+    data = f'{_ENVELOPE_PREFIX}{ENVELOPE_VERSION},"len":{len(body.encode())},"value":{body}{extra}}}'.encode()
     if len(data) > limit:
         raise ResultTooLarge(
             f"result is {len(data)} bytes; a termination message holds at most {limit} (envelope included). "
@@ -62,15 +64,52 @@ def encode_result(value: Any, limit: int = MAX_RESULT_BYTES) -> bytes:
     return data
 
 
-def encode_failure(message: str, *, final: bool, limit: int = MAX_RESULT_BYTES) -> bytes:
-    """A failure envelope: {"apwa": 1, "error": message, "final": bool}. The message is text for
-    people, so it is shortened (keeping its end, where the cause usually is) to fit `limit`."""
+def encode_failure(
+    message: str, *, final: bool, limit: int = MAX_RESULT_BYTES, usage: dict[str, Any] | None = None
+) -> bytes:
+    """A failure envelope: {"apwa": 1, "error": message, "final": bool} (and the `usage` an agent
+    spent failing: tokens count against a budget whether or not the answer was usable). The message
+    is text for people, so it is shortened (keeping its end, where the cause usually is) to fit `limit`."""
     text = message
+    extra = {"usage": usage} if usage is not None else {}
     while True:
-        data = _compact({ENVELOPE_KEY: ENVELOPE_VERSION, "error": text, "final": final}).encode()
+        data = _compact({ENVELOPE_KEY: ENVELOPE_VERSION, "error": text, "final": final, **extra}).encode()
         if len(data) <= limit or not text:
             return data
         text = "..." + text[-max(len(text) - (len(data) - limit) - 8, 0) :]
+
+
+def encode_usage(usage: dict[str, Any]) -> bytes:
+    """An envelope with usage and no value, for the main container of a pod whose result went to
+    the store (the sidecar's message carries the result; this one only what the agent spent)."""
+    return _compact({ENVELOPE_KEY: ENVELOPE_VERSION, "usage": usage}).encode()
+
+
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "requests", "retries")
+
+
+def decode_usage(message: str | None) -> dict[str, Any] | None:
+    """The `usage` of an envelope, or None: absent (a worker that is no agent, a bare value, a cut
+    message) or malformed. Counts are non-negative integers, latency_seconds a non-negative number;
+    a field of another shape is left out rather than guessed."""
+    text = (message or "").strip()
+    if not text.startswith(_ENVELOPE_PREFIX):
+        return None
+    try:
+        usage = json.loads(text).get("usage")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(usage, dict):
+        return None
+    out: dict[str, Any] = {k: usage[k] for k in USAGE_COUNTS if _count(usage.get(k))}
+    latency = usage.get("latency_seconds")
+    if isinstance(latency, int | float) and not isinstance(latency, bool) and latency >= 0:
+        out["latency_seconds"] = float(latency)
+    return out
+
+
+def _count(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 def decode_failure(message: str | None) -> tuple[str, bool]:
@@ -121,6 +160,12 @@ def _open_envelope(envelope: dict[str, Any], message: str, budget: int | None) -
     version = envelope[ENVELOPE_KEY]
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"result envelope has an invalid version {version!r}")
+    if "value" not in envelope and "usage" in envelope:
+        # encode_usage's envelope: the result itself went to the store, and did not arrive.
+        raise ResultTruncated(
+            "the worker wrote its result to $APWA_OUTPUT_PATH and reported only its usage here, "
+            "but no stored result arrived (is spec.store set, and did the store sidecar run?)"
+        )
     value = envelope.get("value")
     length = envelope.get("len")
     if isinstance(length, int) and len(_compact(value).encode()) != length:
