@@ -15,6 +15,8 @@ Figures on a shared 2-core machine (kwok, 4 fake nodes, pods finish 100 ms after
 N = 2,000, parallelism 2,000, 5 runs each (two invocations, 3 + 2 repeats): requests A/B 1.08-1.10,
 writes 1.08-1.10, pod PATCHes 2.0 (the Job controller's one plus ours); seconds to Complete, median
 (min-max), A 146 (94-296), B 137 (77-187): within the noise of the other load on the machine.
+N = 10,000, parallelism 10,000, one pair (A then B, machine otherwise quiet): 461 s vs 451 s (1.02),
+requests 127,253 vs 117,503 (1.08), writes 1.09, pod PATCHes 20,215 vs 10,204 (1.98).
 """
 
 from __future__ import annotations
