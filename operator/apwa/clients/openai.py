@@ -84,23 +84,6 @@ class ChatClient(JsonClient):
             return {"response_format": {"type": "json_object"}}
         return {}
 
-    async def complete(
-        self,
-        client: httpx.AsyncClient,
-        url: str,
-        *,
-        model: str | None,
-        messages: list[dict[str, Any]],
-        schema: tuple[str, dict[str, Any]] | None,
-        limits: Limits,
-        options: dict[str, Any] | None = None,
-    ) -> tuple[str, str | None]:
-        """One completion: (content, finish_reason). Falls back to weaker response formats when refused."""
-        reply = await self.exchange(
-            client, url, model=model, messages=messages, schema=schema, limits=limits, **(options or {})
-        )
-        return reply.content, reply.finish_reason
-
     async def exchange(
         self,
         client: httpx.AsyncClient,
@@ -149,9 +132,10 @@ class ChatClient(JsonClient):
         `repair(error)` as a follow-up, at most `attempts` times; then the last Invalid is raised."""
         messages = list(messages)
         for round_ in range(attempts + 1):
-            content, finish = await self.complete(
-                client, url, model=model, messages=messages, schema=schema, limits=limits, options=options
+            reply = await self.exchange(
+                client, url, model=model, messages=messages, schema=schema, limits=limits, **(options or {})
             )
+            content, finish = reply.content, reply.finish_reason
             try:
                 return parse(content, finish)
             except Invalid as e:
