@@ -204,7 +204,7 @@ class WorkloadRunner:
         if not self.netpol_done:
             await self.kube.create(
                 self._path("networkpolicies", "networking.k8s.io/v1"),
-                render_network_policy(self.owner, spec.isolation_or_default, spec.store),
+                render_network_policy(self.owner, spec.isolation_or_default, spec.store, spec.agent),
             )
             self.netpol_done = True
         if planned.store.dirty:  # outcomes of a step whose store write failed

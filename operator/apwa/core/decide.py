@@ -141,7 +141,7 @@ def collect(children: ChildIndex, recorded: Aggregate, now: float) -> tuple[list
             if waited < POD_GRACE_SECONDS:
                 retry = min(retry, POD_GRACE_SECONDS - waited + 0.1)
                 continue
-        out.append(outcome_of(index, job, pod))
+        out.append(outcome_of(index, job, pod, children.usage_of(index)))
     return out, retry
 
 
