@@ -25,3 +25,12 @@ WATCH_LAG = Histogram(
     "Time from a Job finishing (its completion or failure time) to the operator seeing it",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+API_REACHABLE = Gauge(
+    "apwa_api_reachable",
+    "1 while every watch of the operator is connected to the API server, 0 while any reconnects",
+)
+WATCH_CONNECTED = Gauge("apwa_watch_connected", "1 while this watch is listed and streaming", ["watch"])
+WATCH_RESTARTS = Counter(
+    "apwa_watch_restarts_total", "Watch streams restarted, by watch and reason", ["watch", "reason"]
+)
+KOPF_RESTARTS = Counter("apwa_kopf_restarts_total", "Times kopf stopped on an error and the operator started it again")

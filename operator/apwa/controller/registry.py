@@ -10,6 +10,7 @@ from typing import Any
 from apwa import metrics
 from apwa.api.vocabulary import Phase
 from apwa.controller.finalizers import Orphans, PodReleaser
+from apwa.controller.vitals import VITALS
 from apwa.controller.workload import Settings, WorkloadRunner
 from apwa.core import holds_result
 from apwa.kube.client import Kube
@@ -32,6 +33,10 @@ class Registry:
             assert self.kube is not None, "the operator has not started yet"
             self._orphans = Orphans(self.kube, PodReleaser(self.kube))
         return self._orphans
+
+    def reset_orphans(self) -> None:
+        """The client they used is closed (kopf stopped): the next one makes them afresh."""
+        self._orphans = None
 
     def workload_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         uid = body["metadata"]["uid"]
@@ -74,6 +79,8 @@ class Registry:
         runner = self.runners.pop(uid, None)
         if runner and runner.task:
             runner.task.cancel()
+        if runner:
+            VITALS.loop_stopped(runner.key)
         self._gauge()
 
     async def stop_all(self) -> None:
@@ -81,6 +88,8 @@ class Registry:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for runner in self.runners.values():
+            VITALS.loop_stopped(runner.key)
         self.runners.clear()
 
     def _gauge(self) -> None:

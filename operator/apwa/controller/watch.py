@@ -5,6 +5,12 @@ go through these streams instead: one watch per kind (per namespace when the ope
 to named namespaces), label-filtered at the API server, each event parsed once and handed to the
 registry. At the operator's scale kopf's per-event machinery cost more CPU than the API server
 spent serving the events, and the CPU is shared with it.
+
+Each stream retries forever (an API server down for an hour is waited out) and reports to
+controller/vitals.py: connected or not (readiness, `apwa_api_reachable`), and a sign of life on
+every event, bookmark, list page and failed attempt (liveness). Every await is bounded by the
+watch timeout: a stream that stays silent that long (the API server sends a bookmark about once a
+minute) is taken for stalled, dropped and resumed from its last resourceVersion.
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ from typing import Any
 
 import httpx
 
+from apwa import metrics
 from apwa.common.retry import Backoff
+from apwa.controller import faultpoints
+from apwa.controller.vitals import VITALS
 from apwa.kube.client import ApiError, Kube
 
 log = logging.getLogger("apwa.watch")
 EventHandler = Callable[[str, dict[str, Any]], None]
 SyncHandler = Callable[[set[str]], None]
+# Longer than the API server's bookmark interval (about a minute) with room for a slow machine.
+DEFAULT_TIMEOUT = 90.0
 
 
 class ChildWatch:
@@ -37,8 +48,10 @@ class ChildWatch:
         on_event: EventHandler,
         on_sync: SyncHandler | None = None,
         namespaces: list[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.kube = kube
+        self.timeout = timeout
         self.selector = selector
         self.on_event = on_event
         self.on_sync = on_sync
@@ -59,19 +72,29 @@ class ChildWatch:
         await asyncio.gather(*(self._run_path(p) for p in self.paths))
 
     async def _run_path(self, path: str) -> None:
+        VITALS.watch(path, self.timeout)
         backoff = Backoff(0.5, 30.0)
         rv: str | None = None
         while True:
             try:
                 if rv is None:
-                    rv = await self._list(path)
+                    rv = await asyncio.wait_for(self._list(path), self.timeout)
+                    VITALS.connected(path, True)
                 rv = await self._watch(path, rv)
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except (ApiError, httpx.HTTPError, ValueError) as e:
+            except httpx.ReadTimeout:
+                # Nothing, not even a bookmark, for `timeout`: a stalled stream. Its resourceVersion
+                # is still good: resume from it (a 410 then relists).
+                metrics.WATCH_RESTARTS.labels(watch=path, reason="stalled").inc()
+                VITALS.connected(path, False)
+                log.warning("watch %s: silent for %.0fs; resuming from resourceVersion %s", path, self.timeout, rv)
+            except (ApiError, httpx.HTTPError, ValueError, TimeoutError) as e:
+                metrics.WATCH_RESTARTS.labels(watch=path, reason="error").inc()
+                VITALS.connected(path, False)
                 wait = backoff.next()
-                log.warning("watch %s: %s; again in %.1fs", path, e, wait)
+                log.warning("watch %s: %s; again in %.1fs", path, str(e) or type(e).__name__, wait)
                 await asyncio.sleep(wait)
                 rv = None  # relist: the stream may have missed events
 
@@ -80,6 +103,7 @@ class ChildWatch:
         params: dict[str, Any] = {"labelSelector": self.selector, "limit": 500}
         while True:
             _, page = await self.kube.request("GET", path, params=params)
+            VITALS.alive(path)
             for obj in page.get("items") or []:
                 if self._wanted(obj):
                     seen.add(obj["metadata"]["uid"])
@@ -101,15 +125,19 @@ class ChildWatch:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(random.randint(240, 360)),
         }
-        async with self.kube.stream("GET", path, params=params) as resp:
+        async with self.kube.stream("GET", path, params=params, read_timeout=self.timeout) as resp:
             if resp.status_code == 410:
                 return None
             if resp.status_code >= 300:
                 body = (await resp.aread()).decode(errors="replace")[:300]
                 raise ApiError(resp.status_code, body, "WATCH", path)
+            VITALS.connected(path, True)
             async for line in resp.aiter_lines():
+                VITALS.alive(path)
                 if not line:
                     continue
+                if faultpoints.passed(faultpoints.Point.WATCH_EVENT):
+                    await faultpoints.forever()
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":

@@ -24,11 +24,13 @@ from apwa.api.models import ParallelWorkloadSpec
 from apwa.api.vocabulary import EventType, Reason, Role
 from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
+from apwa.controller import faultpoints
 from apwa.controller.dynamic import PlanContext, stored_plan
 from apwa.controller.effects import Creations, StatusWriter, event_body
 from apwa.controller.finalizers import PodReleaser
 from apwa.controller.inputs import object_plan
 from apwa.controller.store import KEY, ConfigMapChunks, ObjectChunks, ResultStore, config_map_body, open_bucket
+from apwa.controller.vitals import VITALS
 from apwa.core import (
     RESYNC_SECONDS,
     Action,
@@ -148,10 +150,20 @@ class WorkloadRunner:
             self.wake.set()
 
     # ---- the loop ----------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
     async def run(self) -> None:
         try:
             await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # _loop catches every step's errors: this is a bug
+            VITALS.loop_ended(self.key, repr(e))
+            raise
         finally:
+            VITALS.step_ended(self.key)
             self.creations.cancel()
 
     async def _loop(self) -> None:
@@ -161,7 +173,10 @@ class WorkloadRunner:
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
             await asyncio.sleep(MIN_STEP_INTERVAL)  # rate limit, not synchronisation: see above
             self.wake.clear()
+            VITALS.step_started(self.key)
             try:
+                if faultpoints.passed(faultpoints.Point.STEP):
+                    await faultpoints.forever()
                 delay = await self.step()
             except asyncio.CancelledError:
                 raise
@@ -174,6 +189,7 @@ class WorkloadRunner:
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
                 delay = ERROR_RETRY_SECONDS
+            VITALS.step_ended(self.key)
 
     @property
     def owner(self) -> Owner:
@@ -259,6 +275,7 @@ class WorkloadRunner:
             self.planned.store.add(o)
             (metrics.SUBTASKS_SUCCEEDED if o.succeeded else metrics.SUBTASKS_FAILED).inc()
         await self.planned.store.flush()
+        faultpoints.passed(faultpoints.Point.OUTCOMES_STORED)
 
     async def _release(self, jobs: tuple[tuple[int, str, int | None], ...]) -> None:
         patches = []
@@ -271,6 +288,8 @@ class WorkloadRunner:
         for result in await asyncio.gather(*patches, return_exceptions=True):
             if isinstance(result, Exception):
                 log.warning("workload %s/%s: setting a Job's TTL failed: %s", self.namespace, self.name, result)
+            else:
+                faultpoints.passed(faultpoints.Point.TTL_PATCHED)
 
     async def _suspend(self, jobs: tuple[tuple[int, str], ...], suspend: bool) -> None:
         await asyncio.gather(
@@ -305,6 +324,7 @@ class WorkloadRunner:
             created, body = await self.kube.create(path, job)
             metrics.JOB_CREATE_SECONDS.observe(time.perf_counter() - started)
             if created:
+                faultpoints.passed(faultpoints.Point.JOB_CREATED)
                 metrics.SUBTASKS_CREATED.inc()
                 self.children.jobs.setdefault(s.index, JobState.from_body(body))
             elif s.index not in self.children.jobs:
@@ -353,6 +373,7 @@ class WorkloadRunner:
         wake, now_status = await self.writer.write(status, final)
         if now_status is None:
             return wake
+        faultpoints.passed(faultpoints.Point.STATUS_WRITTEN)
         self.body = {**self.body, "status": now_status}
         if is_finished(status):
             # Finished: the status holds what is left to know; free the plan and the indexes.

@@ -91,10 +91,10 @@ class Kube:
             headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
         return cls(cfg.host, verify=ctx, headers=headers, concurrency=concurrency, token_file=token_file)
 
-    def stream(self, method: str, path: str, params: dict[str, Any]) -> Any:
-        """A streaming request (watches): no overall timeout, only a read timeout longer than
-        the server-side timeoutSeconds so a silent connection is noticed."""
-        return self._watch_client.stream(method, path, params=params, timeout=httpx.Timeout(10.0, read=420.0))
+    def stream(self, method: str, path: str, params: dict[str, Any], read_timeout: float = 420.0) -> Any:
+        """A streaming request (watches): no overall timeout, only a limit on the silence between
+        two reads (httpx.ReadTimeout), so a stalled connection is noticed."""
+        return self._watch_client.stream(method, path, params=params, timeout=httpx.Timeout(10.0, read=read_timeout))
 
     async def close(self) -> None:
         await self._client.aclose()
