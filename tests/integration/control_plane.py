@@ -6,6 +6,12 @@ itself can only stop or start the whole cluster, so a fault test that restarts o
 the component's command line from /proc, stops it, and starts the same command again (detached,
 appending to the same log, its pid written back so that ``hack/cluster.sh down`` still stops it).
 
+While a component is stopped its ports are held by this process: kwokctl gives a cluster created
+meanwhile the first free ports, and a restarted kube-apiserver would then reach another cluster's
+etcd (it happened: an outage test's API server served a neighbour's data). Connections to a held
+port are accepted and reset at once, as a dead process's would be refused. After every start the
+cluster's identity (the uid of namespace kube-system) is checked too.
+
 The kube-controller-manager and kube-scheduler run with leader election: an API server down longer
 than their renew deadline (10 s) makes them exit. ``start`` therefore also starts any component
 that died meanwhile, as a kubelet would restart a static pod.
@@ -15,8 +21,12 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import signal
+import socket
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +62,44 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class PortHold:
+    """Listens on a port and resets every connection, until released."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the dead one's TIME_WAITs
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._reset_all, daemon=True)
+        self.thread.start()
+
+    def _reset_all(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            conn.close()
+
+    def release(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def listening_ports(pid: int) -> list[int]:
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    ports = set()
+    for line in out.splitlines():
+        local = re.search(r":(\d+)\s", line)  # the first address:port is the local one
+        if f"pid={pid}," in line and local:
+            ports.add(int(local.group(1)))
+    return sorted(ports)
+
+
 class ControlPlane:
     def __init__(self, cluster: Cluster, name: str | None = None) -> None:
         self.cluster = cluster
@@ -59,6 +107,9 @@ class ControlPlane:
         self.dir = CACHE / "kwok" / "clusters" / self.name
         # Read once, while everything runs: a component that dies later is started from this.
         self.commands = {c: self._command(c) for c in Component}
+        self.ports = {c: listening_ports(self.pid(c) or 0) for c in Component}
+        self.held: dict[Component, list[PortHold]] = {}
+        self.identity = self._identity()
 
     def _pid_file(self, c: Component) -> Path:
         return self.dir / "pids" / f"{c}.pid"
@@ -83,6 +134,8 @@ class ControlPlane:
             if pid is not None and _alive(pid):
                 os.kill(pid, sig)
                 wait_for(lambda p=pid: not _alive(p), 30, f"{c} (pid {pid}) to exit")
+            if c not in self.held:
+                self.held[c] = [wait_for(lambda p=p: _hold(p), 30, f"port {p} of {c} to hold") for p in self.ports[c]]
 
     def start(self, *components: Component) -> None:
         """Start the components that are not running, in dependency order."""
@@ -96,6 +149,8 @@ class ControlPlane:
         self.start(*Component)
 
     def _launch(self, c: Component) -> None:
+        for hold in self.held.pop(c, []):
+            hold.release()
         cmd = self.commands[c]
         with (self.dir / "logs" / f"{c}.log").open("ab") as log:
             proc = subprocess.Popen(
@@ -129,4 +184,33 @@ class ControlPlane:
             return r.returncode == 0
 
         wait_for(ready, timeout, f"API server of {self.name} ready again (log: {self.dir / 'logs'})", interval=0.2)
+        if self._identity() != self.identity:
+            self.stop(Component.APISERVER)  # it serves another cluster's store: never leave it running
+            raise AssertionError(f"the restarted API server of {self.name} serves another cluster's etcd")
         return time.monotonic()
+
+    def _identity(self) -> str:
+        kubectl = Path(self.cluster.bin_dir) / "kubectl"
+        return subprocess.run(
+            [
+                str(kubectl),
+                "--kubeconfig",
+                self.cluster.kubeconfig,
+                "--request-timeout=5s",
+                "get",
+                "namespace",
+                "kube-system",
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+
+def _hold(port: int) -> PortHold | None:
+    try:
+        return PortHold(port)
+    except OSError:  # still held by the exiting process's socket
+        return None

@@ -15,6 +15,7 @@ from apwa import metrics
 from apwa.common.retry import Backoff
 from apwa.controller.handlers import stop_children
 from apwa.controller.health import start_health_server
+from apwa.controller.vitals import VITALS
 
 log = logging.getLogger("apwa.operator")
 
@@ -39,6 +40,9 @@ def run_operator(args: argparse.Namespace) -> int:
     interval = os.environ.get("APWA_STATUS_INTERVAL")
     if interval:
         REGISTRY.settings.status_interval = float(interval)
+    deadline = os.environ.get("APWA_STEP_DEADLINE")  # seconds; tests shorten it (docs/reliability.md)
+    if deadline:
+        VITALS.step_deadline = float(deadline)
     # Bench-only escape hatch (docs/results.md): "0" creates pods without the result finalizer.
     REGISTRY.settings.pod_finalizer = os.environ.get("APWA_POD_FINALIZER", "1") != "0"
     peering = args.peering or os.environ.get("APWA_PEERING") or None

@@ -24,8 +24,12 @@ from apwa import metrics
 # A reconcile step awaits API requests, each retried for at most ~5 min (Kube.request: 9 attempts
 # of at most 30 s plus backoffs); a step still running after this long is stuck.
 STEP_DEADLINE_SECONDS = 900.0
-# The longest pause between two attempts of a watch (controller/watch.py: Backoff cap 30 s, jitter x2).
-WATCH_MAX_BACKOFF = 60.0
+# The base delay between a watch's attempts doubles up to this (controller/watch.py). Low, because
+# it bounds how long after an outage the operator sees the cluster again; each attempt is a request
+# that Kube.request already retried several times.
+WATCH_BACKOFF_CAP = 8.0
+# The longest pause between two attempts of a watch (the backoff's jitter doubles it at most).
+WATCH_MAX_BACKOFF = 2 * WATCH_BACKOFF_CAP
 
 
 @dataclass

@@ -28,7 +28,7 @@ import httpx
 from apwa import metrics
 from apwa.common.retry import Backoff
 from apwa.controller import faultpoints
-from apwa.controller.vitals import VITALS
+from apwa.controller.vitals import VITALS, WATCH_BACKOFF_CAP
 from apwa.kube.client import ApiError, Kube
 
 log = logging.getLogger("apwa.watch")
@@ -73,7 +73,7 @@ class ChildWatch:
 
     async def _run_path(self, path: str) -> None:
         VITALS.watch(path, self.timeout)
-        backoff = Backoff(0.5, 30.0)
+        backoff = Backoff(0.5, WATCH_BACKOFF_CAP)
         rv: str | None = None
         while True:
             try:

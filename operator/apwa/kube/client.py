@@ -125,7 +125,19 @@ class Kube:
                 await asyncio.sleep(backoff.next())
                 continue
             if resp.status_code < 300 or resp.status_code in ok:
-                return resp.status_code, _json(resp)
+                body = _json_object(resp)
+                if body is not None:
+                    return resp.status_code, body
+                if resp.status_code >= 300:
+                    return resp.status_code, {"message": resp.text[:500]}
+                # The API server answers every success with a JSON object: anything else is a
+                # response cut short on its way (seen through a proxy), retried like one.
+                metrics.API_ERRORS.labels(code="truncated").inc()
+                if attempt == self._retries:
+                    raise ApiError(0, f"a {resp.status_code} answer without a JSON body", method, path)
+                metrics.API_RETRIES.inc()
+                await asyncio.sleep(backoff.next())
+                continue
             metrics.API_ERRORS.labels(code=str(resp.status_code)).inc()
             if resp.status_code == 401 and self._token_file and attempt == 0:
                 token = f"Bearer {self._token_file.read_text().strip()}"
@@ -185,6 +197,14 @@ class Kube:
             if not token:
                 return
             params["continue"] = token
+
+
+def _json_object(resp: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:
