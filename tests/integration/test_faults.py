@@ -149,7 +149,9 @@ class Run:
         assert code is None, f"the operator exited ({code}): {self.op.log_path.read_text()[-3000:]}"
 
     def check_end_state(self) -> None:
-        done = self.w.wait_condition("f", "Complete", timeout=300)
+        done = wait_for(self._finished, 300, f"workload f finished (now: {self.w.describe('f')})")
+        failed = {i: e for i, e in self.w.results("f").items() if e.get("error") or e.get("result") is None}
+        assert self.w.condition("f", "Complete"), f"failed: {done['status'].get('message')}; outcomes: {failed}"
         self.alive()
         assert done["status"]["counts"] == {"total": N, "pending": 0, "active": 0, "succeeded": N, "failed": 0}
         assert {i: e["result"] for i, e in self.w.results("f").items()} == {i: i for i in range(N)}
@@ -159,6 +161,11 @@ class Run:
         assert not duplicated, f"Jobs created twice: {duplicated}"
         dead = [s for s in self.prober.samples if s.live is False]
         assert not dead, f"/healthz failed during an outage (a restart cannot cure one): {dead[:3]}"
+
+    def _finished(self) -> dict | None:
+        w = self.w.get("f")
+        conditions = {c["type"]: c["status"] for c in (w.get("status") or {}).get("conditions") or []}
+        return w if "True" in (conditions.get("Complete"), conditions.get("Failed")) else None
 
     def check_outage_reported(self, start: float, end: float) -> None:
         during = self.prober.between(start + 1, end)
