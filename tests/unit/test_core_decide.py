@@ -6,6 +6,7 @@ and compares one aspect of the answer (phase, actions, counts) with what the row
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -506,6 +507,25 @@ def test_a_succeeded_job_without_its_pod_is_a_lost_result(jobs: dict[int, Any], 
     assert o.message.startswith("Job w-0 succeeded but its pod was gone before the operator read")
     assert "run the subtask again" in o.message
     assert step.of(ReleaseJobs), "a lost result is recorded like any outcome, and its Job released"
+
+
+# After an outage the Jobs' watch may be back before the pods': a Job that finished long ago and
+# whose pod is not seen yet is not lost while the pods' view is incomplete, nor until the grace has
+# passed since the pods were listed again.
+PODS_VIEW = [
+    ("pods-watch-down-waits", None, False),
+    ("pods-listed-just-now-waits", NOW - 1, False),
+    ("pods-listed-a-grace-ago-is-lost", NOW - POD_GRACE_SECONDS - 1, True),
+]
+
+
+@pytest.mark.parametrize(("pods_since", "lost"), [pytest.param(*row[1:], id=row[0]) for row in PODS_VIEW])
+def test_a_missing_pod_counts_only_once_the_pods_are_listed(pods_since: float | None, lost: bool) -> None:
+    w = dataclasses.replace(world(jobs={0: done(0, at=NOW - 600)}, cursor=1), pods_current_since=pods_since)
+    step = decide(w, NOW)
+    recorded = [o for a in step.of(RecordOutcomes) for o in a.outcomes]
+    assert [o.reason for o in recorded] == ([Reason.RESULT_LOST] if lost else [])
+    assert lost or step.wake_in <= POD_GRACE_SECONDS + 0.1
 
 
 def test_grace_wake_is_when_the_grace_ends() -> None:

@@ -111,3 +111,20 @@ def test_fault_points_parse(value: str, want: dict[faultpoints.Point, int]) -> N
 def test_fault_points_reject_what_they_cannot_do(value: str) -> None:
     with pytest.raises(ValueError, match="APWA_FAULT entry"):
         faultpoints.parse(value)
+
+
+@pytest.mark.parametrize(
+    ("up", "want_current"),
+    [
+        pytest.param({"/api/v1/namespaces/a/pods": True, "/api/v1/namespaces/b/pods": True}, True, id="all-up"),
+        pytest.param({"/api/v1/namespaces/a/pods": True, "/api/v1/namespaces/b/pods": False}, False, id="one-down"),
+        pytest.param({"/apis/batch/v1/jobs": True}, False, id="no-pods-watch"),
+    ],
+)
+def test_the_pods_view_is_current_only_while_every_pods_watch_is_up(up: dict[str, bool], want_current: bool) -> None:
+    v, clock = vitals(*up)
+    for name, connected in up.items():
+        v.connected(name, connected)
+    clock.now += 5
+    since = v.current_since("pods")
+    assert (since is not None) is want_current

@@ -75,6 +75,14 @@ class Vitals:
         self.watches.clear()
         self._gauges()
 
+    def current_since(self, kind: str) -> float | None:
+        """Since when (epoch seconds) every watch of `kind` ("pods", "jobs") has been connected
+        without a break: their view is complete since then. None while one is down."""
+        mine = [w for w in self.watches.values() if w.name.rsplit("/", 1)[-1] == kind]
+        if not mine or not all(w.connected for w in mine):
+            return None
+        return time.time() - (self.clock() - max(w.changed_at for w in mine))
+
     # ---- reports from the reconcile loops -------------------------------------------------------
     def step_started(self, key: str) -> None:
         self.steps[key] = self.clock()

@@ -234,6 +234,7 @@ class WorkloadRunner:
             generation=self.generation,
             creating=self.creations.in_flight,
             results_ref=planned.store.ref,
+            pods_current_since=VITALS.current_since("pods"),
         )
         return await self._execute(decide(world, now), spec)
 

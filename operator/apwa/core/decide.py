@@ -71,6 +71,10 @@ class World:
     generation: int | None = None
     creating: Collection[int] = ()
     results_ref: dict[str, Any] | None = None
+    # Since when (epoch seconds) the operator's view of the pods is complete: None while the pods'
+    # watch is down. After an outage the Jobs' watch may be back before the pods' is; a pod not
+    # seen then is not missing, and its grace only starts once the pods are listed again.
+    pods_current_since: float | None = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,7 @@ def read_spec(raw: Mapping[str, Any] | None) -> ParallelWorkloadSpec:
 
 # ---- a running workload --------------------------------------------------------------------
 def decide(w: World, now: float) -> Step:
-    new, retry = collect(w.children, w.outcomes, now)
+    new, retry = collect(w.children, w.outcomes, now, w.pods_current_since)
     tally = Tally(w.outcomes, new)
     actions: list[Action] = []
     if new:
@@ -125,8 +129,11 @@ def decide(w: World, now: float) -> Step:
 _REDUCE_STARTED = "all subtasks finished; the reduce Job started"
 
 
-def collect(children: ChildIndex, recorded: Aggregate, now: float) -> tuple[list[SubtaskOutcome], float]:
-    """Outcomes of finished Jobs not recorded yet, and how soon to look again for late pods."""
+def collect(
+    children: ChildIndex, recorded: Aggregate, now: float, pods_since: float | None = 0.0
+) -> tuple[list[SubtaskOutcome], float]:
+    """Outcomes of finished Jobs not recorded yet, and how soon to look again for late pods.
+    `pods_since`: see World.pods_current_since."""
     out: list[SubtaskOutcome] = []
     retry = RESYNC_SECONDS
     for index, job in children.jobs.items():
@@ -137,7 +144,10 @@ def collect(children: ChildIndex, recorded: Aggregate, now: float) -> tuple[list
             continue  # its store sidecar is still uploading; the pod's next event wakes us
         needs_pod = job.succeeded or job.reason != DEADLINE_EXCEEDED
         if needs_pod and (pod is None or (job.succeeded and not pod.succeeded)):
-            waited = now - (job.finished_at if job.finished_at is not None else now)
+            if pods_since is None:  # the pods' watch is down: its pod may well exist
+                retry = min(retry, POD_GRACE_SECONDS)
+                continue
+            waited = now - max(job.finished_at if job.finished_at is not None else now, pods_since)
             if waited < POD_GRACE_SECONDS:
                 retry = min(retry, POD_GRACE_SECONDS - waited + 0.1)
                 continue
