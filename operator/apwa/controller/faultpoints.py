@@ -61,10 +61,10 @@ def passed(point: Point) -> bool:
     if _passed[point] != _PLAN[point]:
         return False
     if point in EXIT_POINTS:
-        log.warning("fault point %s reached for the %d. time: exiting (APWA_FAULT)", point, _PLAN[point])
+        log.warning("fault point %s, pass %d: exiting (APWA_FAULT)", point, _PLAN[point])
         logging.shutdown()
         os._exit(137)
-    log.warning("fault point %s reached for the %d. time: wedging this task (APWA_FAULT)", point, _PLAN[point])
+    log.warning("fault point %s, pass %d: wedging this task (APWA_FAULT)", point, _PLAN[point])
     return True
 
 
