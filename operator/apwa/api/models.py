@@ -226,7 +226,7 @@ class AgentSpec(Model):
     price_per_1k_tokens: AgentPrice | None = Field(
         None,
         alias="pricePer1kTokens",
-        description="The model's price, for status.usage.estimatedCost (an estimate: the server's bill rules)."
+        description="The model's price, for status.usage.estimatedCost (an estimate: the server's bill rules).",
     )
     egress: list[EgressPeer] | None = Field(
         None,
@@ -839,6 +839,20 @@ class ResultsRef(Model):
     chunk_size: int | None = None
 
 
+class Usage(Model):
+    """What the agents spent (docs/agents.md, "Usage"): summed once per finished subtask, over every
+    pod of it, plus the reduce's; from the servers' own token counts, nothing estimated."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = Field(0, description="Model requests, retries included.")
+    retries: int = Field(0, description="Requests that repeated one (429, 5xx, network errors).")
+    model_seconds: str | None = Field(None, description="Seconds spent waiting for the model (backoff excluded).")
+    reports: int = Field(0, description="Pods' reports summed: subtasks that reported usage, plus the reduce.")
+    estimated_cost: str | None = Field(None, description="From spec.agent.pricePer1kTokens, e.g. '0.4210 USD'.")
+
+
 Phase = Literal["Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"]
 
 
@@ -857,6 +871,7 @@ class ParallelWorkloadStatus(Model):
     )
     result: Any = Field(None, description="The reduce output, or a bounded summary of the results.")
     results_ref: ResultsRef | None = None
+    usage: Usage | None = None
 
 
 class Metadata(Model):

@@ -141,9 +141,7 @@ class PodResult:
             self.stored = {"key": key, **stored}
 
 
-def outcome_of(
-    index: int, job: JobState, pod: PodResult | None, usage: dict[str, Any] | None = None
-) -> SubtaskOutcome:
+def outcome_of(index: int, job: JobState, pod: PodResult | None, usage: dict[str, Any] | None = None) -> SubtaskOutcome:
     """A finished subtask's outcome: the Job says whether, the pod's message says what.
     `usage`: what all its pods spent (default: the last pod's own)."""
     spent = usage if usage is not None else pod.usage if pod else None
