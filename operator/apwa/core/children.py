@@ -24,8 +24,8 @@ from apwa.results import (
     decode_usage,
     message_budget,
 )
-from apwa.results.usage import merged
 from apwa.results.keys import result_key
+from apwa.results.usage import merged
 
 # Kubernetes's words for finished Jobs (condition types) and pods (phases).
 JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
