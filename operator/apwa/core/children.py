@@ -354,7 +354,11 @@ class ChildIndex:
     def usage_of(self, index: int | None) -> dict[str, Any] | None:
         """What every pod of a subtask (None: of the reduce) spent, as one usage."""
         spent = self.reduce_spent if index is None else self.spent.get(index, {})
-        return merged(spent.values())
+        if spent:
+            return merged(spent.values())
+        # Pods set directly (the local runner's): the last one's own report.
+        pod = self.reduce_pod if index is None else self.pods.get(index)
+        return pod.usage if pod else None
 
     def lose(self, index: int) -> None:
         """This subtask has no Job any more (or never got one): it must be created again."""
