@@ -21,13 +21,16 @@ from pydantic import ValidationError
 AGENT = {"url": "http://10.1.2.3:8000/v1", "model": "m", "prompt": "review {{ item }}"}
 
 
-def agent_spec(n: int = 10, parallelism: int = 3, **agent: Any) -> ParallelWorkloadSpec:
+def agent_spec(
+    n: int = 10, parallelism: int = 3, isolation: dict[str, Any] | None = None, **agent: Any
+) -> ParallelWorkloadSpec:
     return ParallelWorkloadSpec.model_validate(
         {
             "decomposition": {"range": {"end": n}},
             "parallelism": parallelism,
             "templates": {"default": {"podTemplate": POD}},
             "agent": {**AGENT, **agent},
+            **({"isolation": isolation} if isolation else {}),
         }
     )
 
@@ -164,7 +167,15 @@ EGRESS = [
         [{"to": [{"ipBlock": {"cidr": "fd00::5/128"}}], "ports": [{"protocol": "TCP", "port": 443}]}],
         id="ipv6-https-default-port",
     ),
-    pytest.param({"url": "https://api.openai.com/v1"}, True, [], id="host-name-dns-only"),
+    pytest.param(
+        {
+            "url": "https://api.openai.com/v1",
+            "isolation": {"egress": "Custom", "egressRules": [{"cidr": "192.0.2.0/24"}]},
+        },
+        True,
+        [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}],
+        id="host-name-user-rules",
+    ),
     pytest.param(
         {
             "url": "http://vllm.llm:8000/v1",
@@ -188,9 +199,14 @@ EGRESS = [
 def test_egress_to_the_model(agent: dict[str, Any], dns: bool, rules: list[dict[str, Any]]) -> None:
     s = agent_spec(**agent)
     egress = render_network_policy(Owner("w", "ns"), s.isolation_or_default, s.store, s.agent)["spec"]["egress"]
-    has_dns = any(r["ports"][0]["port"] == 53 for r in egress)
+    has_dns = any(r.get("ports", [{}])[0].get("port") == 53 for r in egress)
     assert has_dns is dns
-    assert [r for r in egress if r["ports"][0]["port"] != 53] == rules
+    assert [r for r in egress if r.get("ports", [{}])[0].get("port") != 53] == rules
+
+
+def test_a_host_name_the_pods_could_never_reach_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"agent\.url names the host 'vllm\.llm'.*agent\.egress"):
+        agent_spec(url="http://vllm.llm:8000/v1")
 
 
 # ---- an LLM reduce -----------------------------------------------------------------------------

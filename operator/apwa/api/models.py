@@ -9,8 +9,10 @@ and the local runner give the same answer without a cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -768,6 +770,7 @@ class ParallelWorkloadSpec(Model):
         if self.results and self.results.reduce and self.results.reduce.agent and self.agent is None:
             raise ValueError("results.reduce.agent needs spec.agent (its server, model and key)")
         self._agent_fits_templates()
+        self._agent_reachable()
         # Items that name a template are checked by the planner (it sees ConfigMap and planner data too).
         return self
 
@@ -786,6 +789,20 @@ class ParallelWorkloadSpec(Model):
                     f"spec.templates.{name}.activeDeadlineSeconds ({t.active_deadline_seconds}): lower the first "
                     "or raise the second"
                 )
+
+    def _agent_reachable(self) -> None:
+        """Pods that could never reach the model would each fail after all their retries: say so now."""
+        if self.agent is None or self.agent.egress or self.isolation_or_default.egress == "Custom":
+            return
+        host = urlsplit(self.agent.url).hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"agent.url names the host {host!r}, and a NetworkPolicy can't allow host names: give "
+                "agent.egress (the model server's pods by podSelector/namespaceSelector, or its cidr), or "
+                "isolation.egress Custom with egressRules (docs/agents.md, 'Egress')"
+            ) from None
 
     @property
     def failure(self) -> FailurePolicy:
