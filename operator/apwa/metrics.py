@@ -22,6 +22,9 @@ WORKLOAD_SECONDS = Histogram(
 )
 API_ERRORS = Counter("apwa_api_errors_total", "Kubernetes API errors by HTTP status", ["code"])
 API_RETRIES = Counter("apwa_api_retries_total", "Kubernetes API requests retried")
+API_REQUESTS = Counter(
+    "apwa_api_requests_total", "Kubernetes API requests sent, each retry included (watches not)", ["verb"]
+)
 POD_RELEASES = Counter("apwa_pod_releases_total", "Pods whose apwa.dev/result finalizer the operator removed")
 STATUS_PATCHES = Counter("apwa_status_patches_total", "Status writes to ParallelWorkloads")
 WATCH_LAG = Histogram(
