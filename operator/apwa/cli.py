@@ -375,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the Lease's namespace (default: env POD_NAMESPACE, else the service account's namespace)",
     )
-    o.add_argument("--leader-election-id", default=None, help="the Lease's name (default apwa-operator)")
+    o.add_argument(
+        "--leader-election-id",
+        default=None,
+        help="the Lease's name (env APWA_LEADER_ELECTION_ID; default apwa-operator)",
+    )
     o.set_defaults(func=cmd_operator)
     return p
 

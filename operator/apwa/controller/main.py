@@ -71,7 +71,8 @@ def _election(args: argparse.Namespace) -> Election | None:
         renew_deadline=float(os.environ.get("APWA_RENEW_DEADLINE", "10")),
         retry=float(os.environ.get("APWA_RETRY_PERIOD", "2")),
     )
-    return Election(namespace or "default", args.leader_election_id or "apwa-operator", timings)
+    name = args.leader_election_id or os.environ.get("APWA_LEADER_ELECTION_ID") or "apwa-operator"
+    return Election(namespace or "default", name, timings)
 
 
 async def _serve(namespaces: list[str], peering: str | None, election: Election | None, port: int) -> int:
