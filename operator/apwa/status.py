@@ -128,9 +128,11 @@ def build(
     completion_time: str | None = None,
     result: Any = None,
     results_ref: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     previous = previous or {}
+    usage = usage if usage is not None else previous.get("usage")  # spent stays spent (e.g. while stalled)
     c = counts(total, active, agg)
     status: dict[str, Any] = {
         "phase": str(phase),
@@ -159,5 +161,7 @@ def build(
         status["result"] = result
     if results_ref:
         status["resultsRef"] = results_ref
+    if usage:
+        status["usage"] = usage
     status["conditions"] = status.pop("conditions")  # last: the long part of `kubectl get -o yaml`
     return status

@@ -125,7 +125,25 @@ def rules_of(obj: dict[str, Any], secret_names: list[str] | None = None) -> Rule
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
+    """The objects of `kind` that grant the workloads' permissions (not leader election's)."""
+    return [d for d in docs if d["kind"] == kind and not d["metadata"]["name"].endswith("-leader")]
+
+
+def test_leader_election_may_touch_only_its_lease(helm: str) -> None:
+    docs = render_rbac(helm, "apwa", "apwa-system")
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "apwa-leader"]
+    assert role["metadata"]["namespace"] == "apwa-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["apwa"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    off = render_rbac(helm, "apwa", "apwa-system", "leaderElection.enabled=false", "replicas=1")
+    assert not [d for d in off if d["metadata"]["name"].endswith("-leader")]
 
 
 def test_rules_cluster_wide_are_exactly_what_the_code_uses(helm: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from apwa import worker
-from apwa.api.models import ParallelWorkloadSpec, EgressPeer
+from apwa.api.models import EgressPeer, ParallelWorkloadSpec
 from apwa.api.vocabulary import Reason
 from apwa.core import ChildIndex, JobState, PodResult
 from apwa.core.children import outcome_of

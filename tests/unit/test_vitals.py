@@ -45,6 +45,13 @@ def test_readiness(connected: dict[str, bool], serving: bool, want_ready: bool) 
     assert (not v.not_ready()) is want_ready
 
 
+def test_a_standby_replica_is_ready_without_watches() -> None:
+    v, _ = vitals()
+    v.serving = False
+    v.standby = True
+    assert not v.not_ready() and not v.not_live()
+
+
 def test_a_disconnected_watch_is_not_a_liveness_failure() -> None:
     v, clock = vitals("jobs")
     v.connected("jobs", False)

@@ -9,8 +9,10 @@ and the local runner give the same answer without a cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -226,7 +228,7 @@ class AgentSpec(Model):
     price_per_1k_tokens: AgentPrice | None = Field(
         None,
         alias="pricePer1kTokens",
-        description="The model's price, for status.usage.estimatedCost (an estimate: the server's bill rules)."
+        description="The model's price, for status.usage.estimatedCost (an estimate: the server's bill rules).",
     )
     egress: list[EgressPeer] | None = Field(
         None,
@@ -768,6 +770,7 @@ class ParallelWorkloadSpec(Model):
         if self.results and self.results.reduce and self.results.reduce.agent and self.agent is None:
             raise ValueError("results.reduce.agent needs spec.agent (its server, model and key)")
         self._agent_fits_templates()
+        self._agent_reachable()
         # Items that name a template are checked by the planner (it sees ConfigMap and planner data too).
         return self
 
@@ -786,6 +789,20 @@ class ParallelWorkloadSpec(Model):
                     f"spec.templates.{name}.activeDeadlineSeconds ({t.active_deadline_seconds}): lower the first "
                     "or raise the second"
                 )
+
+    def _agent_reachable(self) -> None:
+        """Pods that could never reach the model would each fail after all their retries: say so now."""
+        if self.agent is None or self.agent.egress or self.isolation_or_default.egress == "Custom":
+            return
+        host = urlsplit(self.agent.url).hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"agent.url names the host {host!r}, and a NetworkPolicy can't allow host names: give "
+                "agent.egress (the model server's pods by podSelector/namespaceSelector, or its cidr), or "
+                "isolation.egress Custom with egressRules (docs/agents.md, 'Egress')"
+            ) from None
 
     @property
     def failure(self) -> FailurePolicy:
@@ -839,6 +856,20 @@ class ResultsRef(Model):
     chunk_size: int | None = None
 
 
+class Usage(Model):
+    """What the agents spent (docs/agents.md, "Usage"): summed once per finished subtask, over every
+    pod of it, plus the reduce's; from the servers' own token counts, nothing estimated."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = Field(0, description="Model requests, retries included.")
+    retries: int = Field(0, description="Requests that repeated one (429, 5xx, network errors).")
+    model_seconds: str | None = Field(None, description="Seconds spent waiting for the model (backoff excluded).")
+    reports: int = Field(0, description="Pods' reports summed: subtasks that reported usage, plus the reduce.")
+    estimated_cost: str | None = Field(None, description="From spec.agent.pricePer1kTokens, e.g. '0.4210 USD'.")
+
+
 Phase = Literal["Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"]
 
 
@@ -857,6 +888,7 @@ class ParallelWorkloadStatus(Model):
     )
     result: Any = Field(None, description="The reduce output, or a bounded summary of the results.")
     results_ref: ResultsRef | None = None
+    usage: Usage | None = None
 
 
 class Metadata(Model):

@@ -8,6 +8,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import kopf
 
@@ -15,9 +19,12 @@ from apwa import metrics
 from apwa.common.retry import Backoff
 from apwa.controller.handlers import stop_children
 from apwa.controller.health import start_health_server
+from apwa.controller.leader import Leadership, Timings
 from apwa.controller.vitals import VITALS
+from apwa.kube.client import Kube
 
-log = logging.getLogger("apwa.operator")
+log = logging.getLogger("apwa.main")
+SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -47,44 +54,98 @@ def run_operator(args: argparse.Namespace) -> int:
     REGISTRY.settings.pod_finalizer = os.environ.get("APWA_POD_FINALIZER", "1") != "0"
     peering = args.peering or os.environ.get("APWA_PEERING") or None
     try:
-        asyncio.run(serve(namespaces, peering, port))
+        return asyncio.run(_serve(namespaces, peering, _election(args), port))
     except KeyboardInterrupt:
-        pass
-    return 0
+        return 0
 
 
-async def serve(namespaces: list[str], peering: str | None, port: int) -> None:
+@dataclass(frozen=True)
+class Election:
+    namespace: str
+    name: str
+    timings: Timings
+
+
+def _election(args: argparse.Namespace) -> Election | None:
+    enabled = args.leader_election or os.environ.get("APWA_LEADER_ELECTION", "").lower() in ("1", "true")
+    if not enabled:
+        return None
+    namespace = args.leader_election_namespace or os.environ.get("POD_NAMESPACE")
+    if not namespace and SA_NAMESPACE.exists():
+        namespace = SA_NAMESPACE.read_text().strip()
+    timings = Timings(
+        lease=float(os.environ.get("APWA_LEASE_DURATION", "15")),
+        renew_deadline=float(os.environ.get("APWA_RENEW_DEADLINE", "10")),
+        retry=float(os.environ.get("APWA_RETRY_PERIOD", "2")),
+    )
+    name = args.leader_election_id or os.environ.get("APWA_LEADER_ELECTION_ID") or "apwa-operator"
+    return Election(namespace or "default", name, timings)
+
+
+async def _serve(namespaces: list[str], peering: str | None, election: Election | None, port: int) -> int:
+    # kopf would derive the identity from the user name, and a numeric uid without a passwd
+    # entry (the images run as 65532) has none: getpwuid() raises and the pod crashes.
+    identity = f"apwa@{socket.gethostname()}/{os.getpid()}"
+
+    def operator() -> Coroutine[Any, Any, None]:
+        return kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=peering is None,
+            peering_name=peering,
+            identity=identity,
+        )
+
+    health = await start_health_server(port)  # up before kopf, and while kopf is started again
+    if election is None:
+        metrics.LEADER.set(1)
+        try:
+            await kopf_until_stopped(operator)
+        finally:
+            if health is not None:
+                await health.cleanup()
+        return 0
+    kube = Kube.from_config(concurrency=4)
+    lead = Leadership(kube, election.namespace, election.name, identity, election.timings)
+    VITALS.standby = True  # ready while it waits: a rollout must not wait for it to lead
+    try:
+        await lead.acquire()
+        VITALS.standby = False
+        keeper = asyncio.create_task(lead.keep(), name="leader lease")
+        running = asyncio.create_task(kopf_until_stopped(operator), name="operator")
+        done, _ = await asyncio.wait({keeper, running}, return_when=asyncio.FIRST_COMPLETED)
+        if keeper in done:
+            log.error("%s: stopping at once, a standby takes over", keeper.exception())
+            # Exit now, not after a graceful stop: nothing in flight may write once another
+            # replica may be leading. The kubelet restarts this one as a standby.
+            os._exit(1)
+        keeper.cancel()
+        await lead.release()
+        return 0
+    finally:
+        await kube.close()
+        if health is not None:
+            await health.cleanup()
+
+
+async def kopf_until_stopped(operator: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run kopf until it is asked to stop; when it stops on an error instead, start it again.
 
     kopf ends when a watch stream fails for good (an error it does not retry, such as a 401 while a
     restarted API server cannot yet verify tokens, or an ERROR event in a stream). The operator
-    must outlive any API server outage by itself: the health endpoints stay up meanwhile (not ready),
-    and every workload is picked up again from the cluster (the restart after a SIGKILL does the
-    same, tests/integration/test_operator.py)."""
-    health = await start_health_server(port)
+    must outlive any API server outage by itself: the health endpoints stay up meanwhile (not
+    ready), and every workload is picked up again from the cluster, as after a restart."""
     backoff = Backoff(1.0, 60.0)
-    try:
-        while True:
-            started = time.monotonic()
-            try:
-                await kopf.operator(
-                    clusterwide=not namespaces,
-                    namespaces=namespaces,
-                    standalone=peering is None,
-                    peering_name=peering,
-                    # kopf would derive it from the user name, and a numeric uid without a passwd
-                    # entry (the images run as 65532) has none: getpwuid() raises and the pod crashes.
-                    identity=f"apwa@{socket.gethostname()}/{os.getpid()}",
-                )
-                return  # stopped on request (a signal)
-            except Exception as e:  # any failure of kopf is waited out, then retried
-                await stop_children()
-                metrics.KOPF_RESTARTS.inc()
-                if time.monotonic() - started > 600:
-                    backoff.reset()  # it ran well for a while: this is a new failure
-                wait = backoff.next()
-                log.error("kopf stopped on an error (%r); starting it again in %.0fs", e, wait, exc_info=e)
-                await asyncio.sleep(wait)
-    finally:
-        if health is not None:
-            await health.cleanup()
+    while True:
+        started = time.monotonic()
+        try:
+            await operator()
+            return  # stopped on request (a signal)
+        except Exception as e:  # any failure of kopf is waited out, then retried
+            await stop_children()
+            metrics.KOPF_RESTARTS.inc()
+            if time.monotonic() - started > 600:
+                backoff.reset()  # it ran well for a while: this is a new failure
+            wait = backoff.next()
+            log.error("kopf stopped on an error (%r); starting it again in %.0fs", e, wait, exc_info=e)
+            await asyncio.sleep(wait)

@@ -54,6 +54,7 @@ class Vitals:
         self.ended: dict[str, str] = {}  # workload -> why its loop ended although it still exists
         self.step_deadline = STEP_DEADLINE_SECONDS
         self.serving = False  # kopf runs (its startup handler ran, it has not stopped)
+        self.standby = False  # a replica waiting for the leader election's lease: ready as it is
 
     # ---- reports from the watches ---------------------------------------------------------------
     def watch(self, name: str, timeout: float) -> None:
@@ -100,6 +101,8 @@ class Vitals:
 
     # ---- the answers ----------------------------------------------------------------------------
     def not_ready(self) -> list[str]:
+        if self.standby:
+            return []
         now = self.clock()
         out = [] if self.serving else ["the operator is starting (or restarting after kopf stopped)"]
         if not self.watches:

@@ -275,8 +275,14 @@ class WorkloadRunner:
             self.planned.outcomes.record(o)
             self.planned.store.add(o)
             (metrics.SUBTASKS_SUCCEEDED if o.succeeded else metrics.SUBTASKS_FAILED).inc()
+            metrics.count_usage(self.namespace, self.name, self.model, o.usage)
         await self.planned.store.flush()
         faultpoints.passed(faultpoints.Point.OUTCOMES_STORED)
+
+    @property
+    def model(self) -> str:
+        """spec.agent.model, the label of the usage metrics ("" for a workload without an agent)."""
+        return str(((self.body.get("spec") or {}).get("agent") or {}).get("model", ""))
 
     async def _release(self, jobs: tuple[tuple[int, str, int | None], ...]) -> None:
         patches = []
@@ -378,6 +384,7 @@ class WorkloadRunner:
         self.body = {**self.body, "status": now_status}
         if is_finished(status):
             # Finished: the status holds what is left to know; free the plan and the indexes.
+            metrics.count_usage(self.namespace, self.name, self.model, self.children.usage_of(None))
             self.planned = None
             self.release_all_held()
             self.children.clear()

@@ -24,8 +24,8 @@ from apwa.results import (
     decode_usage,
     message_budget,
 )
-from apwa.results.usage import merged
 from apwa.results.keys import result_key
+from apwa.results.usage import merged
 
 # Kubernetes's words for finished Jobs (condition types) and pods (phases).
 JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
@@ -141,9 +141,7 @@ class PodResult:
             self.stored = {"key": key, **stored}
 
 
-def outcome_of(
-    index: int, job: JobState, pod: PodResult | None, usage: dict[str, Any] | None = None
-) -> SubtaskOutcome:
+def outcome_of(index: int, job: JobState, pod: PodResult | None, usage: dict[str, Any] | None = None) -> SubtaskOutcome:
     """A finished subtask's outcome: the Job says whether, the pod's message says what.
     `usage`: what all its pods spent (default: the last pod's own)."""
     spent = usage if usage is not None else pod.usage if pod else None
@@ -356,7 +354,11 @@ class ChildIndex:
     def usage_of(self, index: int | None) -> dict[str, Any] | None:
         """What every pod of a subtask (None: of the reduce) spent, as one usage."""
         spent = self.reduce_spent if index is None else self.spent.get(index, {})
-        return merged(spent.values())
+        if spent:
+            return merged(spent.values())
+        # Pods set directly (the local runner's): the last one's own report.
+        pod = self.reduce_pod if index is None else self.pods.get(index)
+        return pod.usage if pod else None
 
     def lose(self, index: int) -> None:
         """This subtask has no Job any more (or never got one): it must be created again."""
