@@ -78,7 +78,7 @@ class ChildWatch:
         while True:
             try:
                 if rv is None:
-                    rv = await asyncio.wait_for(self._list(path), self.timeout)
+                    rv = await self._list(path)
                     VITALS.connected(path, True)
                 rv = await self._watch(path, rv)
                 backoff.reset()
@@ -102,7 +102,8 @@ class ChildWatch:
         seen: set[str] = set()
         params: dict[str, Any] = {"labelSelector": self.selector, "limit": 500}
         while True:
-            _, page = await self.kube.request("GET", path, params=params)
+            # Each page, not the whole list, is bounded: a list of 100,000 pods takes a while.
+            _, page = await asyncio.wait_for(self.kube.request("GET", path, params=params), self.timeout)
             VITALS.alive(path)
             for obj in page.get("items") or []:
                 if self._wanted(obj):
