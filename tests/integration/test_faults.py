@@ -249,19 +249,29 @@ def outage(down_s: float, apiserver_back_after_s: float | None = None) -> Fault:
     return apply
 
 
+# name -> (fault, whether the operator can see it: an etcd restart alone is hidden by the API
+# server, which keeps the watches open and serves them from its cache).
 CI_FAULTS = {
-    "apiserver-restart": restart(Component.APISERVER),
+    "apiserver-restart": (restart(Component.APISERVER), True),
     # 60 s unreachable, then 60 s of 503s from an API server without its etcd.
-    "control-plane-down-2min": outage(120, apiserver_back_after_s=60),
+    "control-plane-down-2min": (outage(120, apiserver_back_after_s=60), True),
 }
 SLOW_FAULTS = {
-    "apiserver-restart-twice": restart(Component.APISERVER, times=2),
-    "etcd-restart": restart(Component.ETCD),
-    "control-plane-down-5min": outage(300),
+    "apiserver-restart-twice": (restart(Component.APISERVER, times=2), True),
+    "etcd-restart": (restart(Component.ETCD), False),
+    "control-plane-down-5min": (outage(300), True),
 }
 
 
-def run_through(fault: Fault, name: str, api: client.ApiClient, ns: str, op: OperatorProcess, cp: ControlPlane) -> None:
+def run_through(
+    faults: dict[str, tuple[Fault, bool]],
+    name: str,
+    api: client.ApiClient,
+    ns: str,
+    op: OperatorProcess,
+    cp: ControlPlane,
+) -> None:
+    fault, visible = faults[name]
     with Run(api, ns, op) as run:
         start = time.monotonic()
         fault(cp)
@@ -272,7 +282,8 @@ def run_through(fault: Fault, name: str, api: client.ApiClient, ns: str, op: Ope
         )
         progress = run.progress_after(api_ready)
         run.check_end_state()
-        run.check_outage_reported(start, api_ready - 1)
+        if visible:
+            run.check_outage_reported(start, api_ready - 1)
     print(
         f"\n[{name}] fault lasted {api_ready - start:.1f}s; API server ready -> operator ready "
         f"{max(op_ready - api_ready, 0):.1f}s, -> first subtask recorded {progress:.1f}s"
@@ -287,7 +298,7 @@ def test_operator_waits_out_a_control_plane_fault(
     start_operator: Callable[..., OperatorProcess],
     control_plane: ControlPlane,
 ) -> None:
-    run_through(CI_FAULTS[name], name, api, fault_ns, start_operator(), control_plane)
+    run_through(CI_FAULTS, name, api, fault_ns, start_operator(), control_plane)
 
 
 @pytest.mark.slow
@@ -299,7 +310,7 @@ def test_operator_waits_out_a_longer_control_plane_fault(
     start_operator: Callable[..., OperatorProcess],
     control_plane: ControlPlane,
 ) -> None:
-    run_through(SLOW_FAULTS[name], name, api, fault_ns, start_operator(), control_plane)
+    run_through(SLOW_FAULTS, name, api, fault_ns, start_operator(), control_plane)
 
 
 # ---- faults on the path to the API server (the TLS-terminating proxy) -------------------------------
