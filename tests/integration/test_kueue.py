@@ -13,6 +13,7 @@ before the next Job's unsuspension, so the peak is exact, not sampled.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import uuid
@@ -238,3 +239,23 @@ def _unfinished_wls(api: client.ApiClient, namespace: str) -> list[dict[str, Any
         )
 
     return [wl for wl in kueue_workloads(api, namespace) if not finished(wl)]
+
+
+def test_the_docs_manifests_are_accepted_by_kueue_and_the_crd(kueue: None, namespace: str) -> None:
+    # docs/kueue.md's objects, into this test's namespace, through the API server with Kueue's
+    # validating and defaulting webhooks (a dry run: nothing is stored).
+    docs = (REPO / "docs" / "kueue.md").read_text()
+    blocks = re.findall(r"(?ms)^```yaml\n(.*?)^```", docs)
+    assert len(blocks) == 2, "docs/kueue.md: the queue setup and the workload"
+    for block in blocks:
+        text = block.replace("namespace: team-a", f"namespace: {namespace}")
+        out = subprocess.run(
+            ["kubectl", "apply", "--dry-run=server", "-o", "name", "-f", "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, f"docs/kueue.md manifest refused: {out.stderr}"
+    assert "kueue.x-k8s.io/queue-name: team-a" in blocks[1]
