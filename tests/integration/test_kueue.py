@@ -157,7 +157,7 @@ def test_quota_limits_admitted_subtasks_whatever_parallelism_says(
     w = Workloads(api, namespace)
     n, parallelism = 12, 10
     body = workload(
-        "quota", {"range": {"end": n}}, templates=cpu_template(1500, priority_class), parallelism=parallelism
+        "quota", {"range": {"end": n}}, templates=cpu_template(2500, priority_class), parallelism=parallelism
     )
     with JobPeaks(api, namespace) as peaks:
         w.create(queued(body))
@@ -183,6 +183,20 @@ def test_quota_limits_admitted_subtasks_whatever_parallelism_says(
     assert peaks.peak_running == QUOTA_CPUS, f"the quota was never filled (peak {peaks.peak_running})"
     # parallelism still bounds the Jobs that exist, admitted or not.
     assert parallelism >= peaks.peak_unfinished > QUOTA_CPUS
+
+
+def test_control_without_the_queue_label_only_parallelism_limits(
+    api: client.ApiClient, namespace: str, queue: str
+) -> None:
+    # The same workload, quota and watch, minus the label: the peak reaches parallelism, so the
+    # measurement above can see more than the quota, and the quota is what held it at 4.
+    w = Workloads(api, namespace)
+    body = workload("free", {"range": {"end": 10}}, templates=cpu_template(2500), parallelism=10)
+    with JobPeaks(api, namespace) as peaks:
+        w.create(body)
+        w.wait_phase("free", "Succeeded", TIMEOUT)
+    assert peaks.peak_running == 10
+    assert not kueue_workloads(api, namespace), "Kueue left an unlabelled Job alone"
 
 
 def test_suspend_and_resume_go_through_kueue(api: client.ApiClient, namespace: str, queue: str) -> None:
