@@ -74,7 +74,21 @@ running_pid() {
   pid=$(cat "$pidfile" 2>/dev/null || true)
   ours "$pid" && echo "$pid"
 }
-ready() { curl -fsS --max-time 2 "http://127.0.0.1:$probe_port/readyz" >/dev/null 2>&1; }
+# GET /readyz of the health probe answers 200 (plain HTTP; bash's /dev/tcp, so no curl needed).
+ready() {
+  local status
+  status=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "GET /readyz HTTP/1.0\r\n\r\n" >&3 && head -n 1 <&3' _ "$probe_port" 2>/dev/null) || return 1
+  [[ $status == *" 200 "* ]]
+}
+
+# openssl makes the certificates; install it where it is missing (the CI runs as root on Debian).
+need_openssl() {
+  command -v openssl >/dev/null && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "openssl is needed: install it (apt-get install openssl)"
+  log "installing openssl with apt-get"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssl; } >&2 ||
+    die "apt-get install openssl failed"
+}
 
 # A CA and a serving certificate for 127.0.0.1 (the webhook URL's host), kept with the cluster's state.
 make_certs() {
@@ -187,6 +201,7 @@ start() {
   build >/dev/null
   kctl get --raw /readyz >/dev/null 2>&1 || die "cluster $name does not answer: start it first (hack/cluster.sh up)"
   mkdir -p "$state"
+  need_openssl
   make_certs
   metrics_cert
   write_config
