@@ -131,8 +131,8 @@ def cpu_template(delay_ms: int, priority_class: str | None = None) -> dict[str, 
     return {"default": {"podTemplate": pod}}
 
 
-def queued(body: dict[str, Any], queue: str = "team") -> dict[str, Any]:
-    body["metadata"]["labels"] = {QUEUE_LABEL: queue}
+def queued(body: dict[str, Any], queue: str = "team", **labels: str) -> dict[str, Any]:
+    body["metadata"]["labels"] = {QUEUE_LABEL: queue, **labels}
     return body
 
 
@@ -199,16 +199,37 @@ def test_control_without_the_queue_label_only_parallelism_limits(
     assert not kueue_workloads(api, namespace), "Kueue left an unlabelled Job alone"
 
 
-def test_suspend_and_resume_go_through_kueue(api: client.ApiClient, namespace: str, queue: str) -> None:
+@pytest.fixture
+def workload_priority_class(api: client.ApiClient) -> Iterator[str]:
+    """A Kueue WorkloadPriorityClass (queue order only; the pods get no priority from it)."""
+    co = client.CustomObjectsApi(api)
+    name = f"apwa-it-{uuid.uuid4().hex[:8]}"
+    body = {"apiVersion": "/".join(KUEUE), "kind": "WorkloadPriorityClass", "metadata": {"name": name}, "value": 77}
+    co.create_cluster_custom_object(*KUEUE, "workloadpriorityclasses", body)
+    try:
+        yield name
+    finally:
+        co.delete_cluster_custom_object(*KUEUE, "workloadpriorityclasses", name)
+
+
+def test_suspend_and_resume_go_through_kueue(
+    api: client.ApiClient, namespace: str, queue: str, workload_priority_class: str
+) -> None:
     w = Workloads(api, namespace)
     co = client.CustomObjectsApi(api)
     n = 10
     body = workload("hold", {"range": {"end": n}}, templates=cpu_template(4000), parallelism=6)
+    labels = {"kueue.x-k8s.io/priority-class": workload_priority_class}
     with JobPeaks(api, namespace) as peaks:
-        w.create(queued(body))
+        w.create(queued(body, **labels))
         wait_for(
             lambda: peaks.peak_running == QUOTA_CPUS, TIMEOUT, f"{QUOTA_CPUS} Jobs admitted ({w.describe('hold')})"
         )
+        # The workload's label reached every Job, and Kueue took its WorkloadPriorityClass.
+        wls = kueue_workloads(api, namespace)
+        assert {(wl["spec"]["priorityClassRef"]["kind"], wl["spec"]["priority"]) for wl in wls} == {
+            ("WorkloadPriorityClass", 77)
+        }
         w.patch("hold", {"suspend": True})
         w.wait_phase("hold", "Suspended")
 
