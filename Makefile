@@ -60,7 +60,8 @@ crd: install
 example: install
 	$(BIN)/apwa run --local examples/wordcount.yaml
 
-## Build (or reuse) the control-plane binaries, helm and kubeconform.
+## Build (or reuse) the control-plane binaries, helm, kubeconform, the S3 server and Kueue
+## (docs/kueue.md; tests/integration/test_kueue.py starts it with hack/kueue.sh).
 testenv:
 	bash hack/testenv-build.sh
 

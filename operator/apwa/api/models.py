@@ -733,7 +733,12 @@ class ParallelWorkloadSpec(Model):
             "x-kubernetes-validations": [cel("self == oldSelf", "templates are immutable once set")],
         },
     )
-    parallelism: int = Field(10, ge=1, le=10_000, description="Maximum subtask Jobs active at once.")
+    parallelism: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Maximum unfinished subtask Jobs at once (with Kueue: created, admitted or not).",
+    )
     failure_policy: FailurePolicy | None = None
     isolation: Isolation | None = None
     results: ResultsSpec | None = None
@@ -750,7 +755,11 @@ class ParallelWorkloadSpec(Model):
         "for the worker image's `apwa-agent` command (docs/agents.md). Immutable.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "agent is immutable once set")]},
     )
-    suspend: bool = Field(False, description="Stop starting Jobs and suspend active ones; false resumes.")
+    suspend: bool = Field(
+        False,
+        description="Stop starting Jobs and suspend active ones (Kueue's: by deactivating their Workloads); "
+        "false resumes.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the workload (and everything it made) this long after it finished."
     )
@@ -825,10 +834,13 @@ class Condition(Model):
 
 class Counts(Model):
     total: int = 0
-    pending: int = 0
+    pending: int = Field(0, description="Not started yet: no Job yet, or a Job awaiting admission.")
     active: int = 0
     succeeded: int = 0
     failed: int = 0
+    awaiting_admission: int = Field(
+        0, description="Subtasks whose Job waits for Kueue to admit it (docs/kueue.md); counted in pending."
+    )
 
 
 class FailedSubtask(Model):
