@@ -113,7 +113,8 @@ def test_a_standby_takes_over_from_a_killed_leader_and_nothing_is_lost(
             takeover = time.monotonic() - killed
             done = w.wait_condition("ha", "Complete", timeout=300)
         print(f"\ntakeover after SIGKILL of the leader: {takeover:.1f} s (lease 6 s, retry 1 s)")
-        assert done["status"]["counts"] == {"total": n, "pending": 0, "active": 0, "succeeded": n, "failed": 0}
+        finished = {"total": n, "pending": 0, "active": 0, "succeeded": n, "failed": 0, "awaitingAdmission": 0}
+        assert done["status"]["counts"] == finished
         assert {i: e["result"] for i, e in w.results("ha").items()} == {i: i for i in range(n)}
         assert len(seen.jobs) == n and all(len(u) == 1 for u in seen.jobs.values()), "a Job created twice"
         assert seen.succeeded == sorted(seen.succeeded), "the status went backwards"
