@@ -252,7 +252,8 @@ def _config_map_rows(api: Any, namespace: str, name: str, ref: dict[str, Any]) -
             raise CliError(f"reading ConfigMap {cm_name}: the API server answered {e.status}: {e.reason}") from None
         entries = json.loads(read_payload(api.sanitize_for_serialization(cm)) or b"{}").get("outcomes", {})
         for i in sorted(entries, key=int):
-            yield _row(int(i), entries[i])
+            if "retry" not in entries[i]:  # a subtask a retry runs again: no outcome yet
+                yield _row(int(i), entries[i])
 
 
 def _stored_rows(api: Any, namespace: str, workload: dict[str, Any], ref: dict[str, Any], *, resolve: bool) -> Any:
@@ -286,6 +287,8 @@ def _stored_rows(api: Any, namespace: str, workload: dict[str, Any], ref: dict[s
             raw = loop.run_until_complete(bucket.get(key))
             entries = json.loads(raw).get("outcomes", {}) if raw else {}
             for i in sorted(entries, key=int):
+                if "retry" in entries[i]:  # a subtask a retry runs again: no outcome yet
+                    continue
                 row = _row(int(i), entries[i])
                 if resolve and "stored" in row:
                     data = loop.run_until_complete(bucket.get(row["stored"]["key"]))

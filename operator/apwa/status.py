@@ -128,8 +128,10 @@ def build(
     completion_time: str | None = None,
     result: Any = None,
     results_ref: dict[str, Any] | None = None,
+    retry: dict[str, Any] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
+    """The whole status. `retry` (status.retry) is carried over from `previous` unless given."""
     previous = previous or {}
     c = counts(total, active, agg)
     status: dict[str, Any] = {
@@ -159,5 +161,8 @@ def build(
         status["result"] = result
     if results_ref:
         status["resultsRef"] = results_ref
+    retry = retry if retry is not None else previous.get("retry")
+    if retry:
+        status["retry"] = retry
     status["conditions"] = status.pop("conditions")  # last: the long part of `kubectl get -o yaml`
     return status

@@ -2,6 +2,7 @@
 
 from apwa.rendering.jobs import (
     DEFAULT_SIDECAR_IMAGE,
+    LABEL_ATTEMPT,
     LABEL_INDEX,
     LABEL_ROLE,
     LABEL_UID,
@@ -16,12 +17,13 @@ from apwa.rendering.jobs import (
     render_reduce_job,
     without_result_finalizer,
 )
-from apwa.rendering.names import child_name, job_name, label_value
+from apwa.rendering.names import attempt_suffix, child_name, job_name, label_value
 from apwa.rendering.netpol import render_network_policy
 from apwa.rendering.placeholders import substitute
 
 __all__ = [
     "DEFAULT_SIDECAR_IMAGE",
+    "LABEL_ATTEMPT",
     "LABEL_INDEX",
     "LABEL_ROLE",
     "LABEL_UID",
@@ -32,6 +34,7 @@ __all__ = [
     "STORE_SIDECAR",
     "Owner",
     "RenderError",
+    "attempt_suffix",
     "child_name",
     "job_name",
     "label_value",

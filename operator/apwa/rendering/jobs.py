@@ -20,7 +20,7 @@ from apwa.api.models import (
 from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
 from apwa.rendering.failure_policy import pod_failure_policy
-from apwa.rendering.names import child_name, job_name, label_value
+from apwa.rendering.names import attempt_suffix, child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
 from apwa.results.keys import OUTCOME_CHUNK, location_env, workload_root
 from apwa.results.protocol import message_budget
@@ -29,6 +29,9 @@ LABEL_WORKLOAD = "apwa.dev/workload"
 LABEL_UID = "apwa.dev/workload-uid"
 LABEL_INDEX = "apwa.dev/index"
 LABEL_ROLE = "apwa.dev/role"
+# The retry a subtask's (or the reduce's) Job and pods belong to: 0 for the first run. Absent on
+# children made before retries existed, which read as 0.
+LABEL_ATTEMPT = "apwa.dev/attempt"
 ANNOTATION_TEMPLATE = "apwa.dev/template"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "apwa"}
 # The container's termination message is the result channel; the worker writes here.
@@ -98,7 +101,9 @@ def metadata(owner: Owner, name: str, extra_labels: dict[str, str]) -> dict[str,
     return meta
 
 
-def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count: int) -> dict[str, Any]:
+def render_job(
+    owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count: int, attempt: int = 0
+) -> dict[str, Any]:
     template = spec.templates[subtask.template]
     item_json = json.dumps(subtask.item, separators=(",", ":"), sort_keys=True)
     env = {
@@ -108,7 +113,9 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         "APWA_ITEM": item_json,
     }
     context = {"index": subtask.index, "count": count, "workload": owner.name, "item": subtask.item}
-    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value}
+    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value, LABEL_ATTEMPT: str(attempt)}
+    if attempt:
+        env["APWA_ATTEMPT"] = str(attempt)  # a worker with side effects outside may want to know
     if spec.store is not None:
         env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
     if spec.agent is not None:
@@ -118,7 +125,7 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         spec,
         subtask.template,
         template,
-        name=job_name(owner.name, subtask.index),
+        name=job_name(owner.name, subtask.index, attempt),
         labels=labels,
         env=env,
         context=context,
@@ -143,7 +150,12 @@ def _agent_key(pod: dict[str, Any], agent: AgentSpec) -> None:
 
 
 def render_reduce_job(
-    owner: Owner, spec: ParallelWorkloadSpec, results_config_map: str, results_key: str, total: int = 0
+    owner: Owner,
+    spec: ParallelWorkloadSpec,
+    results_config_map: str,
+    results_key: str,
+    total: int = 0,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     """The reduce Job: the results ConfigMap is mounted read-only at RESULTS_MOUNT; with a store,
     an init container streams the results out of it into a file instead."""
@@ -158,8 +170,8 @@ def render_reduce_job(
         spec,
         name,
         spec.templates[name],
-        name=child_name(owner.name, Role.REDUCE.value),
-        labels={LABEL_ROLE: Role.REDUCE.value},
+        name=child_name(owner.name, attempt_suffix(Role.REDUCE.value, attempt)),
+        labels={LABEL_ROLE: Role.REDUCE.value, LABEL_ATTEMPT: str(attempt)},
         env=env,
         context=context,
     )
