@@ -1,4 +1,5 @@
-"""The `apwa` command: crd | validate | plan | run --local | operator."""
+"""The `apwa` command: crd | validate | plan | run --local | results | operator, and the live
+commands against a cluster (get | watch | describe | logs | retry, cli_live.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import yaml
 from apwa import __version__
 from apwa.api.models import ParallelWorkload
 from apwa.api.vocabulary import Phase, Role
+from apwa.cli_live import LiveError
+from apwa.cli_live import register as register_live
 from apwa.common.messages import no_key
 from apwa.manifest import ManifestError, Manifests, load
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask, plan
@@ -349,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.set_defaults(func=cmd_results)
 
+    register_live(sub)
+
     o = sub.add_parser("operator", help="run the operator against the current kubeconfig or in cluster")
     o.add_argument(
         "--namespace",
@@ -379,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     except (PlanningError, RenderError) as e:
         print(f"error: {e}", file=sys.stderr)
-    except CliError as e:
+    except (CliError, LiveError) as e:
         print(f"error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         print("\ninterrupted: every subtask process was stopped", file=sys.stderr)
