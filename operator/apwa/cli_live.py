@@ -423,6 +423,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     cl = connect(args)
     body = read_workload(cl, args.name)
     attempt = next_attempt(body)
+    if attempt is None:
+        observed = body["status"]["retry"]["attempt"]
+        print(
+            f"retry {observed} of {cl.namespace}/{args.name} is still running: nothing new requested "
+            f"(apwa watch {args.name}, then apwa retry again if subtasks still fail)"
+        )
+        return 0
     indices = sorted(set(args.index)) if args.index else None
     patch = {"spec": {"retry": {"attempt": attempt, "indices": indices}}}
     try:

@@ -130,12 +130,18 @@ def get_row(workload: Mapping[str, Any], now: float) -> tuple[str, ...]:
     return (meta["name"], phase, f"{c.succeeded}/{c.total}", str(c.failed), str(c.active), left, duration(age))
 
 
-def next_attempt(workload: Mapping[str, Any]) -> int:
-    """The attempt `apwa retry` asks for: a request not accepted yet is asked again (so running
-    the command twice before the operator acts is one retry), otherwise one past the last."""
-    observed = int(((workload.get("status") or {}).get("retry") or {}).get("attempt") or 0)
+def next_attempt(workload: Mapping[str, Any]) -> int | None:
+    """The attempt `apwa retry` asks for: a request not accepted yet is asked again, and while an
+    accepted retry still runs there is nothing to ask (None); so running the command twice is one
+    retry. Otherwise one past the last retry."""
+    status = workload.get("status") or {}
+    observed = int((status.get("retry") or {}).get("attempt") or 0)
     asked = int(((workload.get("spec") or {}).get("retry") or {}).get("attempt") or 0)
-    return asked if asked > observed else observed + 1
+    if asked > observed:
+        return asked
+    if observed and not is_finished(status):
+        return None
+    return observed + 1
 
 
 def latest_pod(pods: list[Mapping[str, Any]], attempt: int | None = None) -> Mapping[str, Any] | None:

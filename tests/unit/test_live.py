@@ -93,16 +93,18 @@ def test_rate_meter_uses_the_recent_window_and_restarts_after_a_retry() -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec_attempt", "observed", "want"),
+    ("spec_attempt", "observed", "finished", "want"),
     [
-        pytest.param(None, None, 1, id="first-retry"),
-        pytest.param(1, 1, 2, id="after-an-accepted-retry"),
-        pytest.param(2, 1, 2, id="request-pending-asks-the-same-again"),
-        pytest.param(None, 3, 4, id="spec-cleared-by-gitops"),
+        pytest.param(None, None, True, 1, id="first-retry"),
+        pytest.param(None, None, False, 1, id="first-retry-of-a-running-workload"),
+        pytest.param(1, 1, True, 2, id="after-an-accepted-retry-finished"),
+        pytest.param(1, 1, False, None, id="accepted-retry-still-running-asks-nothing"),
+        pytest.param(2, 1, True, 2, id="request-pending-asks-the-same-again"),
+        pytest.param(None, 3, True, 4, id="spec-cleared-by-gitops"),
     ],
 )
-def test_next_attempt(spec_attempt: int | None, observed: int | None, want: int) -> None:
-    body = wl("Failed", retry={"attempt": spec_attempt} if spec_attempt else None)
+def test_next_attempt(spec_attempt: int | None, observed: int | None, finished: bool, want: int | None) -> None:
+    body = wl("Failed", done=finished, retry={"attempt": spec_attempt} if spec_attempt else None)
     if observed:
         body["status"]["retry"] = {"attempt": observed}
     assert next_attempt(body) == want

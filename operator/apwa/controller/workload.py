@@ -392,8 +392,10 @@ class WorkloadRunner:
             return wake
         self.body = {**self.body, "status": now_status}
         if is_finished(status):
-            # Finished: the status holds what is left to know; free the plan and the indexes.
+            # Finished: the status holds what is left to know; free the plan and the indexes
+            # (a retry plans and seeds again from the store).
             self.planned = None
+            self.seeded = False
             self.release_all_held()
             self.children.clear()
             started = parse_iso(self.body["metadata"].get("creationTimestamp"))
