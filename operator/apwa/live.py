@@ -54,11 +54,18 @@ def phase_of(workload: Mapping[str, Any]) -> str:
 
 
 def outcome(workload: Mapping[str, Any]) -> WatchExit | None:
-    """The exit code a finished workload means; None while it is not finished."""
+    """The exit code a finished workload means; None while it is not finished, or while a retry
+    asked for is not accepted yet (`apwa retry NAME && apwa watch NAME` waits for the retry)."""
     status = workload.get("status") or {}
-    if not is_finished(status):
+    if not is_finished(status) or retry_pending(workload):
         return None
     return WatchExit.SUCCEEDED if status.get("phase") == Phase.SUCCEEDED else WatchExit.FAILED
+
+
+def retry_pending(workload: Mapping[str, Any]) -> bool:
+    """spec.retry asks for a retry the operator has not accepted yet (status.retry.attempt)."""
+    asked = int(((workload.get("spec") or {}).get("retry") or {}).get("attempt") or 0)
+    return asked > int(((workload.get("status") or {}).get("retry") or {}).get("attempt") or 0)
 
 
 def eta(remaining: int, rate: float | None) -> float | None:
@@ -136,9 +143,8 @@ def next_attempt(workload: Mapping[str, Any]) -> int | None:
     retry. Otherwise one past the last retry."""
     status = workload.get("status") or {}
     observed = int((status.get("retry") or {}).get("attempt") or 0)
-    asked = int(((workload.get("spec") or {}).get("retry") or {}).get("attempt") or 0)
-    if asked > observed:
-        return asked
+    if retry_pending(workload):
+        return int(workload["spec"]["retry"]["attempt"])
     if observed and not is_finished(status):
         return None
     return observed + 1

@@ -30,6 +30,7 @@ def wl(phase: str | None = None, *, done: bool = False, retry: dict[str, Any] | 
         pytest.param(wl("Failed", done=True), WatchExit.FAILED, id="failed"),
         pytest.param(wl("Failed"), None, id="failed-but-jobs-still-finishing"),
         pytest.param({"metadata": {}}, None, id="no-status-yet"),
+        pytest.param(wl("Failed", done=True, retry={"attempt": 1}), None, id="failed-with-a-retry-not-accepted-yet"),
     ],
 )
 def test_outcome(body: dict, want: WatchExit | None) -> None:
