@@ -290,6 +290,7 @@ class WorkloadRunner:
         """Durably first: an operator that stops before the status is written finds them again."""
         assert self.planned is not None, "a retry is accepted once planned"
         await self.planned.store.reset(resets)
+        metrics.SUBTASKS_RETRIED.inc(len(resets))
         for r in resets:
             self.planned.outcomes.forget(r.index)
             self.planned.pending[r.index] = r
