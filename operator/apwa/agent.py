@@ -1,6 +1,7 @@
 """The built-in LLM agent: one subtask, one answer from an OpenAI-compatible model.
 
     apwa-agent                      # in a subtask pod: reads $APWA_AGENT, reports through apwa.worker
+                                    # (in an LLM reduce's pod, apwa.agent_reduce: see apwa.agent_main)
 
 The operator renders spec.agent into every subtask pod as $APWA_AGENT (JSON, no secret) and the
 API key as $APWA_AGENT_API_KEY (from the Secret, by secretKeyRef); `apwa run --local` passes the
@@ -19,7 +20,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -211,14 +211,14 @@ async def answer(
         client.format = "none"  # a free-text answer: no response_format at all
     files = files or Files([Path.cwd()])
     try:
-        value = await _ask(client, spec, messages(spec, context, files), files)
+        value = await ask(client, spec, messages(spec, context, files), files)
     except AgentError as e:
         e.usage = client.usage()
         raise
     return Answer(value, client.usage())
 
 
-async def _ask(client: AgentClient, spec: AgentSpec, start: list[dict[str, Any]], files: Files) -> Any:
+async def ask(client: AgentClient, spec: AgentSpec, start: list[dict[str, Any]], files: Files) -> Any:
     url = spec.url.rstrip("/") + "/chat/completions"
     limits = Limits(
         timeout=spec.timeout_seconds, retries=spec.retries, deadline=time.monotonic() + spec.deadline_seconds
@@ -315,15 +315,24 @@ def context_of(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def run(env: Mapping[str, str] | None = None, *, backoff: float = 0.5) -> None:
-    """The whole command: answer, then emit (or fail) through apwa.worker."""
+    """The subtask's command: answer, then emit (or fail) through apwa.worker."""
     env = os.environ if env is None else env
+
+    def subtask(spec: AgentSpec, key: str | None, source: str | None) -> Answer:
+        files = Files.from_env(env)
+        return asyncio.run(answer(spec, context_of(env), key=key, key_source=source, files=files, backoff=backoff))
+
+    report(env, subtask)
+
+
+def report(env: Mapping[str, str], produce: Callable[[AgentSpec, str | None, str | None], Answer]) -> None:
+    """Read the declaration and the key, `produce` the answer, and report it (or why there is none)
+    with what was spent."""
     usage: dict[str, Any] | None = None
     try:
         spec = declaration(env)
         key, source = api_key(spec, env)
-        result = asyncio.run(
-            answer(spec, context_of(env), key=key, key_source=source, files=Files.from_env(env), backoff=backoff)
-        )
+        result = produce(spec, key, source)
         usage = result.usage.dump()
         worker.emit(result.value, usage=usage)
     except AgentError as e:
@@ -335,8 +344,3 @@ def run(env: Mapping[str, str] | None = None, *, backoff: float = 0.5) -> None:
             final=True,
             usage=usage,
         )
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    run()

@@ -134,7 +134,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     workload, subtasks = _plan(args)
     if args.render:
         owner = Owner(workload.metadata.name, workload.metadata.namespace, None, workload.metadata.labels or {})
-        docs = [render_network_policy(owner, workload.spec.isolation_or_default)]
+        spec = workload.spec
+        docs = [render_network_policy(owner, spec.isolation_or_default, spec.store, spec.agent)]
         docs += [render_job(owner, workload.spec, s, len(subtasks)) for s in subtasks]
         if args.output == "json":
             json.dump({"apiVersion": "v1", "kind": "List", "items": docs}, sys.stdout, indent=2)

@@ -1,5 +1,9 @@
 """Prometheus metrics of the operator (served on /metrics beside /healthz and /readyz)."""
 
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 WORKLOADS = Gauge("apwa_workloads", "ParallelWorkloads known to this operator, by phase", ["phase"])
@@ -26,3 +30,36 @@ WATCH_LAG = Histogram(
     "Time from a Job finishing (its completion or failure time) to the operator seeing it",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+
+# What the agents spent (docs/agents.md, "Usage"): counted when a subtask's outcome is recorded
+# (and the reduce's when the workload finishes), from the same envelopes as status.usage. One
+# series per workload and model: removed when the workload is deleted, so they don't pile up.
+_AGENT_LABELS = ["namespace", "workload", "model"]
+AGENT_TOKENS = Counter("apwa_agent_tokens_total", "Tokens the model server reported, by kind", [*_AGENT_LABELS, "kind"])
+AGENT_REQUESTS = Counter("apwa_agent_requests_total", "Model requests the agents made, retries included", _AGENT_LABELS)
+AGENT_RETRIES = Counter("apwa_agent_retries_total", "Model requests that repeated one (429, 5xx)", _AGENT_LABELS)
+AGENT_MODEL_SECONDS = Counter(
+    "apwa_agent_model_seconds_total", "Seconds the agents spent waiting for the model", _AGENT_LABELS
+)
+_TOKEN_KINDS = (("prompt", "prompt_tokens"), ("completion", "completion_tokens"))
+
+
+def count_usage(namespace: str, workload: str, model: str, usage: Mapping[str, Any] | None) -> None:
+    if not usage:
+        return
+    labels = (namespace, workload, model)
+    for kind, key in _TOKEN_KINDS:
+        AGENT_TOKENS.labels(*labels, kind).inc(usage.get(key, 0))
+    AGENT_REQUESTS.labels(*labels).inc(usage.get("requests", 0))
+    AGENT_RETRIES.labels(*labels).inc(usage.get("retries", 0))
+    AGENT_MODEL_SECONDS.labels(*labels).inc(usage.get("latency_seconds", 0.0))
+
+
+def forget_usage(namespace: str, workload: str, model: str) -> None:
+    labels = (namespace, workload, model)
+    for kind, _ in _TOKEN_KINDS:
+        with contextlib.suppress(KeyError):
+            AGENT_TOKENS.remove(*labels, kind)
+    for counter in (AGENT_REQUESTS, AGENT_RETRIES, AGENT_MODEL_SECONDS):
+        with contextlib.suppress(KeyError):
+            counter.remove(*labels)

@@ -73,7 +73,7 @@ def instance(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
     return {"boolean": False, "null": None}.get(kind)
 
 
-def _words(messages: list[Any]) -> int:
+def words(messages: list[Any]) -> int:
     return sum(len(str(m.get("content") or "").split()) for m in messages if isinstance(m, dict))
 
 
@@ -150,7 +150,7 @@ class ModelStub:
             if "size" in fault:
                 content = content.ljust(int(fault["size"]), ".")
             message["content"] = content
-        prompt, completion = _words(body["messages"]), len(content.split())
+        prompt, completion = words(body["messages"]), len(content.split())
         return {
             "id": f"stub-{len(self.requests)}",
             "object": "chat.completion",

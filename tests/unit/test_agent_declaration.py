@@ -14,7 +14,12 @@ from apwa.rendering import Owner, render_job, render_reduce_job
 from apwa.results.protocol import decode_result, decode_usage, encode_failure, encode_result, encode_usage
 from pydantic import ValidationError
 
-AGENT = {"url": "http://vllm.llm:8000/v1", "model": "qwen", "prompt": "Review {{ item }}"}
+AGENT = {
+    "url": "http://vllm.llm:8000/v1",
+    "model": "qwen",
+    "prompt": "Review {{ item }}",
+    "egress": [{"podSelector": {"matchLabels": {"app": "vllm"}}, "ports": [{"port": 8000}]}],
+}
 POD = {
     "spec": {
         "containers": [{"name": "main", "image": "w", "command": ["apwa-agent"]}, {"name": "helper", "image": "h"}]

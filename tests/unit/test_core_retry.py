@@ -330,3 +330,23 @@ def test_store_reset_survives_a_restart_and_keeps_the_successes() -> None:
         assert (await ResultStore(chunks, 4).load())[1] == []
 
     asyncio.run(run())
+
+
+def test_a_reset_keeps_what_the_failed_attempt_spent() -> None:
+    # Spent stays spent: the pending entry carries the failed attempt's usage across a restart.
+    spent = {"prompt_tokens": 100, "completion_tokens": 20, "requests": 2}
+    failed = SubtaskOutcome(0, False, reason="BackoffLimitExceeded", message="429", job="w-0", usage=spent)
+    w = world(with_retry(1, n=1), outcomes=[failed], previous=FAILED_BEFORE)
+    (reset,) = accept(w, 1, {}, NOW).of(ResetOutcomes)
+    assert reset.resets[0].usage == spent
+
+    async def run() -> None:
+        chunks = MemoryChunks()
+        store = ResultStore(chunks, 1)
+        store.add(failed)
+        await store.flush()
+        await store.reset(reset.resets)
+        (_, pending) = await ResultStore(chunks, 1).load()
+        assert [(p.index, p.usage) for p in pending] == [(0, spent)]
+
+    asyncio.run(run())

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from apwa import worker
-from apwa.api.models import ParallelWorkloadSpec, StoreEgress
+from apwa.api.models import EgressPeer, ParallelWorkloadSpec
 from apwa.api.vocabulary import Reason
 from apwa.core import ChildIndex, JobState, PodResult
 from apwa.core.children import outcome_of
@@ -109,9 +109,9 @@ def test_network_policy_opens_the_way_to_the_store_only() -> None:
 
 def test_an_egress_rule_is_either_an_address_or_selectors() -> None:
     with pytest.raises(ValidationError, match="either cidr or"):
-        StoreEgress.model_validate({"cidr": "10.0.0.1/32", "podSelector": {}})
+        EgressPeer.model_validate({"cidr": "10.0.0.1/32", "podSelector": {}})
     with pytest.raises(ValidationError, match="either cidr or"):
-        StoreEgress.model_validate({})
+        EgressPeer.model_validate({})
 
 
 @pytest.mark.parametrize("bad", ["/abs/", "no-slash"])

@@ -97,6 +97,8 @@ def crd() -> dict[str, Any]:
         {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed"},
         {"name": "Active", "type": "integer", "jsonPath": ".status.counts.active", "priority": 1},
         {"name": "Parallelism", "type": "integer", "jsonPath": ".spec.parallelism", "priority": 1},
+        {"name": "Tokens", "type": "integer", "jsonPath": ".status.usage.totalTokens", "priority": 1},
+        {"name": "Cost", "type": "string", "jsonPath": ".status.usage.estimatedCost", "priority": 1},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

@@ -9,8 +9,10 @@ and the local runner give the same answer without a cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -139,10 +141,21 @@ class PlannerSpec(Model):
 
 _PROMPT_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 PROMPT_NAMES = ("index", "count", "workload", "item")
+REDUCE_PROMPT_NAMES = ("count", "workload")
 # The environment through which a subtask's container receives the agent declaration (JSON of
 # AgentSpec, without any secret) and the API key (from the Secret, by secretKeyRef).
 ENV_AGENT = "APWA_AGENT"
 ENV_AGENT_API_KEY = "APWA_AGENT_API_KEY"
+# The reduce's pod also gets results.reduce.agent (JSON): `apwa-agent` then merges the results.
+ENV_AGENT_REDUCE = "APWA_AGENT_REDUCE"
+
+
+class AgentPrice(Model):
+    """What 1,000 tokens cost, as the model's provider prices them."""
+
+    prompt: float = Field(ge=0, le=1_000, description="Price of 1,000 prompt (input) tokens.")
+    completion: float = Field(ge=0, le=1_000, description="Price of 1,000 completion (output) tokens.")
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code, for display.")
 
 
 class AgentSpec(Model):
@@ -204,6 +217,25 @@ class AgentSpec(Model):
         le=50,
         description="Enables the read_file tool: at most this many model turns per subtask (tool calls "
         "included). Unset: one answer, no tools.",
+    )
+    max_total_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Token budget of the whole workload (prompt plus completion, every subtask's and the reduce's): "
+        "once the finished subtasks have spent it, no new subtask starts and the workload fails with reason "
+        "TokenBudgetExhausted (the ones running finish and count).",
+    )
+    price_per_1k_tokens: AgentPrice | None = Field(
+        None,
+        alias="pricePer1kTokens",
+        description="The model's price, for status.usage.estimatedCost (an estimate: the server's bill rules).",
+    )
+    egress: list[EgressPeer] | None = Field(
+        None,
+        max_length=8,
+        description="NetworkPolicy egress rules to the model server (added to spec.isolation's): its pods by "
+        "selector, or its address block. Unset: the url's address when it is an IP address, else nothing "
+        "(NetworkPolicy has no host names: docs/agents.md, 'Egress').",
     )
 
     @model_validator(mode="after")
@@ -545,8 +577,9 @@ class S3Location(Model):
     )
 
 
-class StoreEgress(Model):
-    """How subtask pods reach the store: NetworkPolicy has no host names, so name its pods or its address."""
+class EgressPeer(Model):
+    """How subtask pods reach a server (the store, the model): NetworkPolicy has no host names, so
+    name its pods or its address."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -560,19 +593,21 @@ class StoreEgress(Model):
     )
     pod_selector: dict[str, Any] | None = Field(
         None,
-        description="Label selector of the store's pods (a NetworkPolicy peer).",
+        description="Label selector of the server's pods (a NetworkPolicy peer).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     namespace_selector: dict[str, Any] | None = Field(
         None,
-        description="Label selector of the store's namespace; unset with podSelector: the workload's namespace.",
+        description="Label selector of the server's namespace; unset with podSelector: the workload's namespace.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    cidr: str | None = Field(None, min_length=1, description="The store's address block, e.g. 10.0.5.20/32.")
-    ports: list[EgressPort] | None = Field(None, description="The store's ports; all ports when empty.")
+    cidr: str | None = Field(None, min_length=1, description="The server's address block, e.g. 10.0.5.20/32.")
+    ports: list[EgressPort] | None = Field(
+        None, description="The server's ports (its pods' container ports, not a Service's); all ports when empty."
+    )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> StoreEgress:
+    def _one_kind(self) -> EgressPeer:
         if (self.cidr is None) == (self.pod_selector is None and self.namespace_selector is None):
             raise ValueError("give either cidr or podSelector/namespaceSelector")
         return self
@@ -583,7 +618,7 @@ class StoreSpec(Model):
     MAX_STORED_RESULT_BYTES), every subtask's outcome, and the reduce step's input."""
 
     s3: S3Location
-    egress: list[StoreEgress] | None = Field(
+    egress: list[EgressPeer] | None = Field(
         None,
         max_length=8,
         description="NetworkPolicy egress rules that let subtask pods reach the store (added to spec.isolation's). "
@@ -598,11 +633,59 @@ class StoreSpec(Model):
     )
 
 
+class ReduceAgent(Model):
+    """The reduce step as a model call over all results (`apwa-agent` in the reduce's template), with
+    spec.agent's server, model, key and limits. Results that don't fit one prompt are merged in
+    rounds: groups of at most `fanIn` are merged, then the merges, until one answer is left."""
+
+    system_prompt: str | None = Field(None, max_length=32_768, description="The system message.")
+    prompt: str = Field(
+        min_length=1,
+        max_length=32_768,
+        description="The user message; the results (or the partial merges of a previous round) follow it as "
+        "JSON lines. Placeholders: {{ count }}, {{ workload }}.",
+    )
+    output_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema of the merged answer (and of every partial merge), as agent.outputSchema.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Completion tokens per request.")
+    max_input_chars: int = Field(
+        60_000,
+        ge=1_000,
+        le=4_000_000,
+        description="Most characters of results in one prompt (about 4 per token): keep prompt plus answer "
+        "inside the model's context.",
+    )
+    fan_in: int = Field(8, ge=2, le=64, description="Most results (or partial merges) merged by one request.")
+
+    @model_validator(mode="after")
+    def _usable(self) -> ReduceAgent:
+        for name in _PROMPT_PLACEHOLDER.findall(self.prompt):
+            if name not in REDUCE_PROMPT_NAMES:
+                raise ValueError(
+                    f"results.reduce.agent.prompt: unknown placeholder {{{{ {name} }}}} "
+                    f"(use {', '.join(REDUCE_PROMPT_NAMES)}: a reduce has no item or index)"
+                )
+        if self.output_schema is not None:
+            try:
+                check_schema(self.output_schema, "results.reduce.agent.outputSchema")
+            except SchemaError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
 class ReduceSpec(Model):
     """A reduce Job that receives all collected results once every subtask has finished."""
 
     template: str = Field(
         DEFAULT_TEMPLATE, pattern=TEMPLATE_NAME_RE, description="Name of the template that runs the reduce step."
+    )
+    agent: ReduceAgent | None = Field(
+        None,
+        description="Run the reduce as an LLM call over the results (needs spec.agent; the template's main "
+        "container runs `apwa-agent`). docs/agents.md, 'An LLM reduce'.",
     )
 
 
@@ -653,6 +736,11 @@ class ParallelWorkloadSpec(Model):
                 cel(
                     "!has(self.decomposition.objects) || has(self.store)",
                     "decomposition.objects needs spec.store",
+                ),
+                cel(
+                    "!has(self.results) || !has(self.results.reduce) || !has(self.results.reduce.agent) || "
+                    "has(self.agent)",
+                    "results.reduce.agent needs spec.agent (its server, model and key)",
                 ),
             ]
         }
@@ -708,7 +796,10 @@ class ParallelWorkloadSpec(Model):
             )
         if self.decomposition.objects is not None and self.store is None:
             raise ValueError("decomposition.objects needs spec.store (the bucket the objects are listed from)")
+        if self.results and self.results.reduce and self.results.reduce.agent and self.agent is None:
+            raise ValueError("results.reduce.agent needs spec.agent (its server, model and key)")
         self._agent_fits_templates()
+        self._agent_reachable()
         # Items that name a template are checked by the planner (it sees ConfigMap and planner data too).
         return self
 
@@ -716,10 +807,10 @@ class ParallelWorkloadSpec(Model):
         """The agent must give up (and report what it spent) before Kubernetes kills its pod."""
         if self.agent is None:
             return
-        # The reduce's own template runs no agent (yet); 'default' always may.
-        reduce = self.results.reduce.template if self.results and self.results.reduce else None
+        # A reduce's own template runs no agent unless it is an LLM reduce; 'default' always may.
+        reduce = self.results.reduce if self.results else None
         for name, t in sorted(self.templates.items()):
-            if name == reduce and name != DEFAULT_TEMPLATE:
+            if reduce and name == reduce.template and name != DEFAULT_TEMPLATE and reduce.agent is None:
                 continue
             if t.active_deadline_seconds is not None and self.agent.deadline_seconds >= t.active_deadline_seconds:
                 raise ValueError(
@@ -727,6 +818,20 @@ class ParallelWorkloadSpec(Model):
                     f"spec.templates.{name}.activeDeadlineSeconds ({t.active_deadline_seconds}): lower the first "
                     "or raise the second"
                 )
+
+    def _agent_reachable(self) -> None:
+        """Pods that could never reach the model would each fail after all their retries: say so now."""
+        if self.agent is None or self.agent.egress or self.isolation_or_default.egress == "Custom":
+            return
+        host = urlsplit(self.agent.url).hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"agent.url names the host {host!r}, and a NetworkPolicy can't allow host names: give "
+                "agent.egress (the model server's pods by podSelector/namespaceSelector, or its cidr), or "
+                "isolation.egress Custom with egressRules (docs/agents.md, 'Egress')"
+            ) from None
 
     @property
     def failure(self) -> FailurePolicy:
@@ -796,6 +901,20 @@ class RetryStatus(Model):
     history: list[RetryRound] | None = Field(None, max_length=5, description="The last retries, oldest first.")
 
 
+class Usage(Model):
+    """What the agents spent (docs/agents.md, "Usage"): summed once per finished subtask, over every
+    pod of it, plus the reduce's; from the servers' own token counts, nothing estimated."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = Field(0, description="Model requests, retries included.")
+    retries: int = Field(0, description="Requests that repeated one (429, 5xx, network errors).")
+    model_seconds: str | None = Field(None, description="Seconds spent waiting for the model (backoff excluded).")
+    reports: int = Field(0, description="Pods' reports summed: subtasks that reported usage, plus the reduce.")
+    estimated_cost: str | None = Field(None, description="From spec.agent.pricePer1kTokens, e.g. '0.4210 USD'.")
+
+
 Phase = Literal["Pending", "Planning", "Running", "Suspended", "Reducing", "Succeeded", "Failed"]
 
 
@@ -815,6 +934,8 @@ class ParallelWorkloadStatus(Model):
     result: Any = Field(None, description="The reduce output, or a bounded summary of the results.")
     results_ref: ResultsRef | None = None
     retry: RetryStatus | None = None
+
+    usage: Usage | None = None
 
 
 class Metadata(Model):

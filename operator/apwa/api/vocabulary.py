@@ -41,6 +41,7 @@ class Reason(StrEnum):
     ALL_SUBTASKS_FINISHED = "AllSubtasksFinished"
     REDUCED = "Reduced"
     TOO_MANY_FAILURES = "TooManyFailures"
+    TOKEN_BUDGET_EXHAUSTED = "TokenBudgetExhausted"  # spec.agent.maxTotalTokens spent: nothing new starts
     REDUCE_FAILED = "ReduceFailed"
     RESULT_TRUNCATED = "ResultTruncated"  # a subtask's or the reduce's message was cut by the kubelet
     RESULT_LOST = "ResultLost"  # a Job succeeded but its pod was gone before its message was read

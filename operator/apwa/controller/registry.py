@@ -40,6 +40,7 @@ class Registry:
             # Owner references let the garbage collector remove every child.
             if runner is not None:
                 runner.release_all_held()  # nothing of a deleted workload needs its pods
+                metrics.forget_usage(runner.namespace, runner.name, runner.model)
                 self.stop(uid)
             return
         if runner is None:

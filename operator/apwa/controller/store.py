@@ -39,9 +39,12 @@ def chunk_name(workload: str, chunk: int) -> str:
 
 
 def encode_outcome(o: SubtaskOutcome) -> dict[str, Any]:
+    # The usage is stored with the outcome: status.usage is rebuilt from these after a restart.
+    spent = {"usage": o.usage} if o.usage else {}
     if o.succeeded:
-        return {"ok": True, "stored": o.stored} if o.stored is not None else {"ok": True, "result": o.result}
-    entry: dict[str, Any] = {"ok": False, "reason": o.reason, "message": o.message}
+        kept = {"stored": o.stored} if o.stored is not None else {"result": o.result}
+        return {"ok": True, **kept, **spent}
+    entry: dict[str, Any] = {"ok": False, "reason": o.reason, "message": o.message, **spent}
     if o.exit_code is not None:
         entry["exitCode"] = o.exit_code
     if o.failed_pods:
@@ -55,7 +58,7 @@ PENDING = "retry"
 
 
 def pending_entry(r: Reset) -> dict[str, Any]:
-    return {PENDING: r.attempt, "was": r.was}
+    return {PENDING: r.attempt, "was": r.was, **({"usage": r.usage} if r.usage else {})}
 
 
 def is_pending(entry: dict[str, Any]) -> bool:
@@ -63,8 +66,9 @@ def is_pending(entry: dict[str, Any]) -> bool:
 
 
 def decode_outcome(index: int, entry: dict[str, Any]) -> SubtaskOutcome:
+    usage = entry.get("usage")
     if entry.get("ok"):
-        return SubtaskOutcome(index, True, result=entry.get("result"), stored=entry.get("stored"))
+        return SubtaskOutcome(index, True, result=entry.get("result"), stored=entry.get("stored"), usage=usage)
     return SubtaskOutcome(
         index,
         False,
@@ -72,6 +76,7 @@ def decode_outcome(index: int, entry: dict[str, Any]) -> SubtaskOutcome:
         message=entry.get("message", ""),
         exit_code=entry.get("exitCode"),
         failed_pods=entry.get("failedPods"),
+        usage=usage,
     )
 
 
@@ -259,7 +264,7 @@ class ResultStore:
                 self._open[chunk] = entries
             for i, e in entries.items():
                 if is_pending(e):
-                    pending.append(Reset(int(i), int(e[PENDING]), e.get("was") or {}))
+                    pending.append(Reset(int(i), int(e[PENDING]), e.get("was") or {}, e.get("usage")))
                 else:
                     out.append(decode_outcome(int(i), e))
         return out, pending

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apwa import API_VERSION, PLURAL, metrics
@@ -75,6 +75,7 @@ from apwa.rendering import (
     without_result_finalizer,
 )
 from apwa.results import Aggregate, SubtaskOutcome
+from apwa.results.usage import merged
 from apwa.status import is_finished
 
 log = logging.getLogger("apwa.workload")
@@ -218,7 +219,7 @@ class WorkloadRunner:
         if not self.netpol_done:
             await self.kube.create(
                 self._path("networkpolicies", "networking.k8s.io/v1"),
-                render_network_policy(self.owner, spec.isolation_or_default, spec.store),
+                render_network_policy(self.owner, spec.isolation_or_default, spec.store, spec.agent),
             )
             self.netpol_done = True
         if planned.store.dirty:  # outcomes of a step whose store write failed
@@ -281,9 +282,12 @@ class WorkloadRunner:
         assert self.planned is not None, "outcomes are only collected once planned"
         for o in outcomes:
             self.planned.outcomes.record(o)
-            self.planned.pending.pop(o.index, None)
-            self.planned.store.add(o)
+            earlier = self.planned.pending.pop(o.index, None)
+            # Stored with what its earlier attempts spent too, so a restart sums every attempt.
+            spent = merged(u for u in (earlier.usage if earlier else None, o.usage) if u)
+            self.planned.store.add(replace(o, usage=spent) if earlier and earlier.usage else o)
             (metrics.SUBTASKS_SUCCEEDED if o.succeeded else metrics.SUBTASKS_FAILED).inc()
+            metrics.count_usage(self.namespace, self.name, self.model, o.usage)
         await self.planned.store.flush()
 
     async def _reset(self, resets: tuple[Reset, ...]) -> None:
@@ -295,6 +299,11 @@ class WorkloadRunner:
             self.planned.outcomes.forget(r.index)
             self.planned.pending[r.index] = r
             self.children.retry(r.index, r.attempt)
+
+    @property
+    def model(self) -> str:
+        """spec.agent.model, the label of the usage metrics ("" for a workload without an agent)."""
+        return str(((self.body.get("spec") or {}).get("agent") or {}).get("model", ""))
 
     async def _release(self, jobs: tuple[tuple[int, str, int | None], ...]) -> None:
         patches = []
@@ -395,6 +404,9 @@ class WorkloadRunner:
         if is_finished(status):
             # Finished: the status holds what is left to know; free the plan and the indexes
             # (a retry plans and seeds again from the store).
+
+            # Finished: the status holds what is left to know; free the plan and the indexes.
+            metrics.count_usage(self.namespace, self.name, self.model, self.children.usage_of(None))
             self.planned = None
             self.seeded = False
             self.release_all_held()
@@ -464,6 +476,7 @@ class WorkloadRunner:
             planned.outcomes.record(outcome)
         for r in pending:
             planned.pending[r.index] = r
+            planned.outcomes.usage.add(r.usage)  # spent by attempts whose outcome a retry reset
             self.children.attempts[r.index] = r.attempt
         recorded = planned.outcomes.outcomes
         selector = f"{LABEL_UID}={self.uid}"

@@ -24,12 +24,13 @@ class RecordOutcomes:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """One failed subtask a retry runs again: its index, the attempt, and the failure it replaces
-    (as status.failedSubtasks lists it)."""
+    """One failed subtask a retry runs again: its index, the attempt, the failure it replaces
+    (as status.failedSubtasks lists it) and what that failure's pods spent."""
 
     index: int
     attempt: int
     was: dict[str, Any]
+    usage: dict[str, Any] | None = None  # what the earlier attempts' agents spent: spent stays spent
 
 
 @dataclass(frozen=True, slots=True)

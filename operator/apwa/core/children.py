@@ -21,9 +21,11 @@ from apwa.results import (
     decode_failure,
     decode_result,
     decode_stored,
+    decode_usage,
     message_budget,
 )
 from apwa.results.keys import result_key
+from apwa.results.usage import merged
 
 # Kubernetes's words for finished Jobs (condition types) and pods (phases).
 JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
@@ -82,6 +84,11 @@ class PodResult:
     def succeeded(self) -> bool:
         return self.phase == POD_SUCCEEDED
 
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """What this pod's agent spent, from its main container's envelope."""
+        return decode_usage(self.message)
+
     @classmethod
     def from_body(cls, pod: dict[str, Any]) -> PodResult | None:
         status = pod.get("status") or {}
@@ -134,21 +141,25 @@ class PodResult:
             self.stored = {"key": key, **stored}
 
 
-def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutcome:
-    """A finished subtask's outcome: the Job says whether, the pod's message says what."""
+def outcome_of(index: int, job: JobState, pod: PodResult | None, usage: dict[str, Any] | None = None) -> SubtaskOutcome:
+    """A finished subtask's outcome: the Job says whether, the pod's message says what.
+    `usage`: what all its pods spent (default: the last pod's own)."""
+    spent = usage if usage is not None else pod.usage if pod else None
     if job.succeeded and not (pod and pod.succeeded):
-        return result_lost(index, job)
+        return result_lost(index, job, spent)
     if job.succeeded:
         if pod is not None and pod.store_error is not None:
             message = f"the subtask succeeded but its result could not be stored: {pod.store_error}"
-            return SubtaskOutcome(index, False, reason=Reason.STORE_FAILED.value, message=message, job=job.name)
+            reason = Reason.STORE_FAILED.value
+            return SubtaskOutcome(index, False, reason=reason, message=message, job=job.name, usage=spent)
         if pod is not None and pod.stored is not None:
-            return SubtaskOutcome(index, True, stored=pod.stored, job=job.name)
+            return SubtaskOutcome(index, True, stored=pod.stored, job=job.name, usage=spent)
         try:
             result = decode_result(pod.message, pod.budget) if pod else None
         except ResultTruncated as e:  # never a success without its whole result
-            return SubtaskOutcome(index, False, reason=Reason.RESULT_TRUNCATED.value, message=str(e), job=job.name)
-        return SubtaskOutcome(index, True, result=result, job=job.name)
+            reason = Reason.RESULT_TRUNCATED.value
+            return SubtaskOutcome(index, False, reason=reason, message=str(e), job=job.name, usage=spent)
+        return SubtaskOutcome(index, True, result=result, job=job.name, usage=spent)
     text, final = decode_failure(pod.message if pod else None)
     return SubtaskOutcome(
         index,
@@ -158,13 +169,15 @@ def outcome_of(index: int, job: JobState, pod: PodResult | None) -> SubtaskOutco
         exit_code=pod.exit_code if pod else None,
         job=job.name,
         failed_pods=job.failed_pods or None,
+        usage=spent,
     )
 
 
-def result_lost(index: int, job: JobState) -> SubtaskOutcome:
+def result_lost(index: int, job: JobState, usage: dict[str, Any] | None = None) -> SubtaskOutcome:
     """A succeeded Job whose succeeded pod was never seen: its result can't be read, and a success
     without its result would be a silent loss."""
-    return SubtaskOutcome(index, False, reason=Reason.RESULT_LOST.value, message=lost_message(job), job=job.name)
+    message = lost_message(job)
+    return SubtaskOutcome(index, False, reason=Reason.RESULT_LOST.value, message=message, job=job.name, usage=usage)
 
 
 def lost_message(job: JobState) -> str:
@@ -238,6 +251,12 @@ class ChildIndex:
             self.round = attempt
             self.reduce_job = self.reduce_pod = None
 
+    # What each finished pod's agent spent, by subtask and pod name: a subtask retried inside its
+    # Job spent tokens in every attempt. Pods hold RESULT_FINALIZER until the outcome is stored,
+    # so after a restart the relist finds all of them again.
+    spent: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    reduce_spent: dict[str, dict[str, Any]] = field(default_factory=dict)
+
     def job_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> JobEffect:
         """Apply a watch event; say whether it matters (and whether a Job has just finished)."""
         role = role_of(body)
@@ -268,12 +287,14 @@ class ChildIndex:
         if result is None or not self.current(body):
             return False
         if role_of(body) == Role.REDUCE:
+            self._spend(None, body, result)
             if not (self.reduce_pod and self.reduce_pod.succeeded and not self.reduce_pod.uploading):
                 self.reduce_pod = result
             return True
         index = index_of(body)
         if index in recorded:
             return False
+        self._spend(index, body, result)
         old = self.pods.get(index)
         # A retried pod's failure doesn't hide an earlier success; a finished upload does replace it.
         if not (old and old.succeeded and not old.uploading) or result.succeeded:
@@ -341,11 +362,32 @@ class ChildIndex:
         if result is None or not self.current(body):
             return
         if role_of(body) == Role.REDUCE:
+            self._spend(None, body, result)
             self.reduce_pod = self.reduce_pod or result
             return
         index = index_of(body)
-        if index not in recorded and not (index in self.pods and self.pods[index].succeeded):
+        if index in recorded:
+            return
+        self._spend(index, body, result)
+        if not (index in self.pods and self.pods[index].succeeded):
             self.pods[index] = result
+
+    def _spend(self, index: int | None, body: dict[str, Any], result: PodResult) -> None:
+        usage = result.usage
+        if usage is None:
+            return
+        name = body["metadata"].get("name", "")
+        spent = self.reduce_spent if index is None else self.spent.setdefault(index, {})
+        spent[name] = usage
+
+    def usage_of(self, index: int | None) -> dict[str, Any] | None:
+        """What every pod of a subtask (None: of the reduce) spent, as one usage."""
+        spent = self.reduce_spent if index is None else self.spent.get(index, {})
+        if spent:
+            return merged(spent.values())
+        # Pods set directly (the local runner's): the last one's own report.
+        pod = self.reduce_pod if index is None else self.pods.get(index)
+        return pod.usage if pod else None
 
     def lose(self, index: int) -> None:
         """This subtask has no Job any more (or never got one): it must be created again."""
@@ -371,14 +413,18 @@ class ChildIndex:
         self.jobs.pop(index, None)
         self.pods.pop(index, None)
         self.attempts.pop(index, None)
+        self.spent.pop(index, None)
 
     def retry(self, index: int, attempt: int) -> None:
-        """A retry reset this subtask: only `attempt`'s children count now, and it needs a Job."""
+        """A retry reset this subtask: only `attempt`'s children count now, and it needs a Job.
+        What its earlier pods spent went into its earlier outcome already."""
         self.attempts[index] = attempt
         self.pods.pop(index, None)
+        self.spent.pop(index, None)
         self.lose(index)
 
     def clear(self) -> None:
         self.jobs.clear()
         self.pods.clear()
         self.attempts.clear()
+        self.spent.clear()

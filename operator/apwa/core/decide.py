@@ -36,6 +36,7 @@ from apwa.core.tally import Tally
 from apwa.manifest import format_validation_error
 from apwa.planning import Subtask
 from apwa.results import Aggregate, ResultTruncated, SubtaskOutcome, decode_failure, decode_result
+from apwa.results.usage import usage_status
 from apwa.status import build
 
 # A finished Job whose pod has not been seen yet: wait this long for the pod before recording
@@ -108,11 +109,14 @@ def decide(w: World, now: float) -> Step:
         actions.append(SuspendJobs(to_flip, w.spec.suspend))
     allowed = w.spec.failure.allowed(len(w.plan))
     failing = tally.failed > allowed
-    if not w.spec.suspend and not failing:
+    spent = _budget_spent(w.spec, tally)
+    if not w.spec.suspend and not failing and not spent:
         create, resume_at = _window(w, tally, len(active))
         if create:
             actions.append(CreateJobs(create, resume_at))
     verdict = _verdict(w, tally, allowed, failing, len(active), now)
+    if spent and not failing and tally.finished < len(w.plan):
+        verdict = _out_of_tokens(w, tally, len(active), now)
     if verdict.phase == Phase.REDUCING and w.children.reduce_job is None:
         actions += [StartReduce(), PostEvent(EventType.NORMAL, Reason.REDUCING, _REDUCE_STARTED)]
     status = _status(w, tally, verdict, len(active), now)
@@ -141,7 +145,7 @@ def collect(children: ChildIndex, recorded: Aggregate, now: float) -> tuple[list
             if waited < POD_GRACE_SECONDS:
                 retry = min(retry, POD_GRACE_SECONDS - waited + 0.1)
                 continue
-        out.append(outcome_of(index, job, pod))
+        out.append(outcome_of(index, job, pod, children.usage_of(index)))
     return out, retry
 
 
@@ -185,6 +189,26 @@ def _verdict(w: World, tally: Tally, allowed: int, failing: bool, active: int, n
         return Verdict(Phase.SUSPENDED, Reason.SUSPENDED, message)
     message = f"{tally.succeeded}/{total} subtasks succeeded, {tally.failed} failed, {active} active"
     return Verdict(Phase.RUNNING, Reason.SUBTASKS_RUNNING, message)
+
+
+def _budget_spent(spec: ParallelWorkloadSpec, tally: Tally) -> bool:
+    """The finished subtasks spent spec.agent.maxTotalTokens: like the failure budget, no new
+    subtask starts (the running ones finish, and count)."""
+    budget = spec.agent.max_total_tokens if spec.agent else None
+    return budget is not None and tally.usage.total_tokens >= budget
+
+
+def _out_of_tokens(w: World, tally: Tally, active: int, now: float) -> Verdict:
+    assert w.spec.agent is not None and w.spec.agent.max_total_tokens is not None
+    message = (
+        f"the agents spent {tally.usage.total_tokens} tokens, the budget spec.agent.maxTotalTokens is "
+        f"{w.spec.agent.max_total_tokens}: no new subtasks start"
+    )
+    if active:
+        return Verdict(Phase.FAILED, Reason.TOKEN_BUDGET_EXHAUSTED, f"{message}, {active} still finishing")
+    never = len(w.plan) - tally.finished
+    message = f"{message}; {tally.succeeded} succeeded, {tally.failed} failed, {never} never started"
+    return Verdict(Phase.FAILED, Reason.TOKEN_BUDGET_EXHAUSTED, message, completion=_completion(w.previous, now))
 
 
 def _completion(previous: Mapping[str, Any], now: float) -> str:
@@ -256,8 +280,18 @@ def _status(w: World, tally: Tally, v: Verdict, active: int, now: float) -> dict
         completion_time=v.completion,
         result=result,
         results_ref=w.results_ref,
+        usage=_usage(w, tally),
         now=format_iso(now),
     )
+
+
+def _usage(w: World, tally: Tally) -> dict[str, Any] | None:
+    """status.usage: what the subtasks' agents spent, and the reduce's once its pod reported."""
+    agent = w.spec.agent
+    totals = tally.usage.plus(w.children.usage_of(None))
+    if agent is None and not totals.reports:
+        return None
+    return usage_status(totals, agent.price_per_1k_tokens if agent else None)
 
 
 def _status_position(actions: list[Action]) -> int:

@@ -71,7 +71,7 @@ def select(spec: ParallelWorkloadSpec, outcomes: Aggregate, pending: Mapping[int
         if wanted is None and o.reason == Reason.FINAL:
             skipped += 1
             continue
-        resets.append(Reset(i, attempt, failure_entry(o)))
+        resets.append(Reset(i, attempt, failure_entry(o), o.usage))
     again = tuple(sorted((r for r in pending.values() if r.attempt == attempt), key=lambda r: r.index))
     ignored = len(wanted - {r.index for r in resets} - {r.index for r in again}) if wanted is not None else 0
     return Selection(tuple(resets), again, skipped, ignored)

@@ -22,6 +22,7 @@ class Tally:
         self.failed = recorded.failed + new_failed
         self.succeeded = recorded.succeeded + len(self.new) - new_failed
         self.finished = recorded.finished + len(self.new)
+        self.usage = recorded.usage.plus(*(o.usage for o in self.new.values()))
 
     def __contains__(self, index: object) -> bool:
         return index in self.recorded.outcomes or index in self.new

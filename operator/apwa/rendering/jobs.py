@@ -11,6 +11,7 @@ from apwa import API_VERSION, KIND
 from apwa.api.models import (
     ENV_AGENT,
     ENV_AGENT_API_KEY,
+    ENV_AGENT_REDUCE,
     AgentSpec,
     Isolation,
     JobTemplate,
@@ -164,6 +165,11 @@ def render_reduce_job(
     env = {"APWA_WORKLOAD": owner.name, "APWA_RESULTS_PATH": f"{RESULTS_MOUNT}/{results_key}"}
     if spec.store is not None:
         env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
+    agent = spec.results.reduce.agent
+    if agent is not None:
+        assert spec.agent is not None, "validated: an LLM reduce needs spec.agent"
+        env[ENV_AGENT] = json.dumps(spec.agent.dump(), separators=(",", ":"), sort_keys=True)
+        env[ENV_AGENT_REDUCE] = json.dumps(agent.dump(), separators=(",", ":"), sort_keys=True)
     context = {"workload": owner.name}
     job = _job(
         owner,
@@ -176,6 +182,8 @@ def render_reduce_job(
         context=context,
     )
     pod = job["spec"]["template"]["spec"]
+    if agent is not None:
+        _agent_key(pod, spec.agent)
     if spec.store is not None:
         _fetch_results(pod, owner, spec.store, owner.store_root(spec), total)
         return job

@@ -6,7 +6,7 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from apwa.api.models import Isolation, StoreSpec
+from apwa.api.models import AgentSpec, EgressPeer, Isolation, StoreSpec
 from apwa.rendering.jobs import LABEL_WORKLOAD, Owner, metadata
 from apwa.rendering.names import child_name, label_value
 
@@ -16,9 +16,14 @@ _DNS = {
 }
 
 
-def render_network_policy(owner: Owner, isolation: Isolation, store: StoreSpec | None = None) -> dict[str, Any]:
+def render_network_policy(
+    owner: Owner, isolation: Isolation, store: StoreSpec | None = None, agent: AgentSpec | None = None
+) -> dict[str, Any]:
     egress: list[dict[str, Any]] = []
-    if isolation.egress in ("DNS", "Custom") or _needs_dns(store):
+    dns = _by_name(store.s3.endpoint or "https://s3.amazonaws.com" if store else None) or _by_name(
+        agent.url if agent else None
+    )
+    if isolation.egress in ("DNS", "Custom") or dns:
         egress.append(_DNS)
     for rule in isolation.egress_rules or [] if isolation.egress == "Custom" else []:
         block: dict[str, Any] = {"cidr": rule.cidr}
@@ -28,7 +33,8 @@ def render_network_policy(owner: Owner, isolation: Isolation, store: StoreSpec |
         if rule.ports:
             entry["ports"] = [{"protocol": p.protocol, "port": p.port} for p in rule.ports]
         egress.append(entry)
-    egress += _store_rules(store)
+    egress += _peer_rules(store.egress or [] if store else [])
+    egress += _agent_rules(agent)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -43,22 +49,24 @@ def render_network_policy(owner: Owner, isolation: Isolation, store: StoreSpec |
     }
 
 
-def _needs_dns(store: StoreSpec | None) -> bool:
-    """A store named by a host name must be resolved by the pods' store sidecar."""
-    if store is None:
+def _by_name(url: str | None) -> bool:
+    """A server named by a host name: the pods must resolve it (cluster DNS)."""
+    if url is None:
         return False
-    host = urlsplit(store.s3.endpoint or "https://s3.amazonaws.com").hostname or ""
+    return _ip_of(url) is None
+
+
+def _ip_of(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ipaddress.ip_address(host)
+        return ipaddress.ip_address(urlsplit(url).hostname or "")
     except ValueError:
-        return True
-    return False
+        return None
 
 
-def _store_rules(store: StoreSpec | None) -> list[dict[str, Any]]:
-    """The way to the store (spec.store.egress): pods by selector, or an address block."""
+def _peer_rules(peers: list[EgressPeer]) -> list[dict[str, Any]]:
+    """The way to a server (spec.store.egress, spec.agent.egress): pods by selector, or an address block."""
     rules: list[dict[str, Any]] = []
-    for rule in (store.egress or []) if store else []:
+    for rule in peers:
         if rule.cidr is not None:
             peer: dict[str, Any] = {"ipBlock": {"cidr": rule.cidr}}
         else:
@@ -70,3 +78,18 @@ def _store_rules(store: StoreSpec | None) -> list[dict[str, Any]]:
             entry["ports"] = [{"protocol": p.protocol, "port": p.port} for p in rule.ports]
         rules.append(entry)
     return rules
+
+
+def _agent_rules(agent: AgentSpec | None) -> list[dict[str, Any]]:
+    """The way to the model: spec.agent.egress, or the url's own address and port when it is one.
+    A url with a host name gets nothing here: NetworkPolicy can't name hosts (docs/agents.md)."""
+    if agent is None:
+        return []
+    if agent.egress:
+        return _peer_rules(agent.egress)
+    ip = _ip_of(agent.url)
+    if ip is None:
+        return []
+    parts = urlsplit(agent.url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return [{"to": [{"ipBlock": {"cidr": f"{ip}/{ip.max_prefixlen}"}}], "ports": [{"protocol": "TCP", "port": port}]}]

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from apwa.results.usage import UsageTotals
+
 FAILED_LIST_CAP = 20
 MESSAGE_CAP = 512
 SUMMARY_CAP_BYTES = 2048
@@ -29,6 +31,7 @@ class SubtaskOutcome:
     # A result kept in the object store: {"key", "size", "sha256"?}; `result` is then None.
     stored: dict[str, Any] | None = None
     failed_pods: int | None = None  # pods that failed and counted against backoffLimit
+    usage: dict[str, Any] | None = None  # what its pods' agents spent (decode_usage), all attempts
 
 
 def failure_entry(o: SubtaskOutcome) -> dict[str, Any]:
@@ -55,11 +58,13 @@ class Aggregate:
     total: int
     outcomes: dict[int, SubtaskOutcome] = field(default_factory=dict)
     _failed_indices: list[int] = field(default_factory=list)
+    usage: UsageTotals = field(default_factory=UsageTotals)
 
     def record(self, outcome: SubtaskOutcome) -> bool:
         if outcome.index in self.outcomes:
             return False
         self.outcomes[outcome.index] = outcome
+        self.usage.add(outcome.usage)
         if not outcome.succeeded:
             bisect.insort(self._failed_indices, outcome.index)
         return True
