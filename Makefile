@@ -64,6 +64,9 @@ example: install
 ## (docs/kueue.md; tests/integration/test_kueue.py starts it with hack/kueue.sh).
 testenv:
 	bash hack/testenv-build.sh
+	@# apwa watch is tested in a real terminal: tmux (tests/integration/test_cli_live.py).
+	@command -v tmux >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q tmux; } || \
+	  echo "tmux could not be installed: the terminal test of apwa watch will be skipped" >&2
 
 ## What the real node needs beyond the control plane: the images (pause, worker, operator,
 ## CoreDNS) and the NetworkPolicy engine, built here and cached.

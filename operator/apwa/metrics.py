@@ -10,6 +10,7 @@ WORKLOADS = Gauge("apwa_workloads", "ParallelWorkloads known to this operator, b
 SUBTASKS_CREATED = Counter("apwa_subtasks_created_total", "Subtask Jobs created")
 SUBTASKS_SUCCEEDED = Counter("apwa_subtasks_succeeded_total", "Subtasks that succeeded")
 SUBTASKS_FAILED = Counter("apwa_subtasks_failed_total", "Subtasks that failed")
+SUBTASKS_RETRIED = Counter("apwa_subtasks_retried_total", "Failed subtasks a retry (spec.retry) ran again")
 JOB_CREATE_SECONDS = Histogram(
     "apwa_job_create_seconds",
     "Latency of one Job creation request, retries included",

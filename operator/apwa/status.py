@@ -131,9 +131,11 @@ def build(
     completion_time: str | None = None,
     result: Any = None,
     results_ref: dict[str, Any] | None = None,
+    retry: dict[str, Any] | None = None,
     usage: dict[str, Any] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
+    """The whole status. `retry` (status.retry) is carried over from `previous` unless given."""
     previous = previous or {}
     usage = usage if usage is not None else previous.get("usage")  # spent stays spent (e.g. while stalled)
     c = counts(total, active, agg, awaiting_admission)
@@ -164,6 +166,9 @@ def build(
         status["result"] = result
     if results_ref:
         status["resultsRef"] = results_ref
+    retry = retry if retry is not None else previous.get("retry")
+    if retry:
+        status["retry"] = retry
     if usage:
         status["usage"] = usage
     status["conditions"] = status.pop("conditions")  # last: the long part of `kubectl get -o yaml`

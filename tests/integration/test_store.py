@@ -23,7 +23,7 @@ from kubernetes import client
 from operator_proc import OperatorProcess
 from s3_env import S3_SH, S3Server
 from store_workers import FakeSidecars, store_message, value_of
-from workloads import Workloads, all_succeeded, workload
+from workloads import Workloads, all_succeeded, pod_template, workload
 
 pytestmark = pytest.mark.usefixtures("operator")
 SECRET = "s3-credentials"
@@ -270,3 +270,29 @@ def test_ten_thousand_outcomes_of_100_kib(
         f"status {len(json.dumps(done['status']))} bytes; apwa results streamed {total / 1e9:.2f} GB in {read:.0f} s, "
         f"peak RSS of the test's children {cli_rss:.0f} MiB"
     )
+
+
+def test_a_retry_keeps_stored_successes_and_stores_the_retried_result(
+    w: Workloads, api: client.ApiClient, s3_server: S3Server, prefix: str
+) -> None:
+    """Outcomes in the bucket: a retry rewrites the chunk it resets (read back first, since complete
+    chunks leave the operator's memory) without touching the successes in it."""
+    size = 2 * KiB
+    _secret(w, s3_server.access_key, s3_server.secret_key)
+    env = {"KWOK_STORE_MESSAGE": store_message(size)}
+    flaky = {**env, "KWOK_OUTCOME": "fail", "KWOK_RETRY_OUTCOME": "succeed", "KWOK_MESSAGE": "boom"}
+    templates = {"default": {"podTemplate": pod_template(env)}, "flaky": {"podTemplate": pod_template(flaky)}}
+    items = [0, {"template": "flaky"}, 2, 3]
+    with FakeSidecars(api, s3_server, w.ns, "sr", prefix, lambda _: size):
+        w.create(workload("sr", {"items": items}, templates=templates, store=_store(s3_server, prefix)))
+        w.wait_condition("sr", "Failed")
+        wait_for(lambda: w.get("sr")["status"].get("completionTime"), 60, "sr finished (no Job still running)")
+        before = {r["index"]: r for r in _results(w, "sr", "--refs")}
+        assert [i for i, r in before.items() if not r["succeeded"]] == [1]
+        w.patch("sr", {"retry": {"attempt": 1}})
+        done = w.wait_condition("sr", "Complete")["status"]
+        assert done["counts"]["succeeded"] == 4
+        after = {r["index"]: r for r in _results(w, "sr", "--refs")}
+        assert {i: after[i] for i in (0, 2, 3)} == {i: before[i] for i in (0, 2, 3)}  # same objects
+        assert after[1]["succeeded"] and after[1]["stored"]["size"] == size
+        assert [r["result"] for r in _results(w, "sr")] == [json.loads(value_of(i, size)) for i in range(4)]

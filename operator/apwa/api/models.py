@@ -691,6 +691,30 @@ class ResultsSpec(Model):
     reduce: ReduceSpec | None = None
 
 
+MAX_RETRY_ATTEMPT = 1000
+
+
+class RetrySpec(Model):
+    """A request to run the failed subtasks again (`apwa retry`, or set by hand or by GitOps).
+
+    `attempt` names the request: each new value is one retry, applying the same value again
+    changes nothing. Jobs of a retry are named `<workload>-<index>-r<attempt>`."""
+
+    attempt: int = Field(
+        ge=1,
+        le=MAX_RETRY_ATTEMPT,
+        description="The retry to run: one more than status.retry.attempt for a new retry (apwa retry does "
+        "that). Applying a value already observed (status.retry.attempt) changes nothing.",
+    )
+    indices: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        max_length=10_000,
+        description="Retry only these failed subtasks (subtasks that did not fail are left alone). Unset: every "
+        "failed subtask except those that reported a final failure (apwa.worker.fail(..., final=True)); "
+        "naming an index retries it even then.",
+    )
+
+
 class ParallelWorkloadSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -757,6 +781,11 @@ class ParallelWorkloadSpec(Model):
         False,
         description="Stop starting Jobs and suspend active ones (Kueue's: by deactivating their Workloads); "
         "false resumes.",
+    )
+    retry: RetrySpec | None = Field(
+        None,
+        description="Run the failed subtasks again, keeping every success (docs/operate.md). A new attempt "
+        "value starts a new retry; the status goes back to Running.",
     )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the workload (and everything it made) this long after it finished."
@@ -866,6 +895,22 @@ class ResultsRef(Model):
     chunk_size: int | None = None
 
 
+class RetryRound(Model):
+    """One accepted retry: what it reset, with the first failures it reset (bounded)."""
+
+    attempt: int
+    time: str | None = None
+    retried: int = 0
+    skipped_final: int | None = Field(None, description="Failed subtasks left alone: they reported a final failure.")
+    ignored: int | None = Field(None, description="Indices in spec.retry.indices that had not failed.")
+    failures: list[FailedSubtask] | None = Field(None, max_length=10, description="The first failures it reset.")
+
+
+class RetryStatus(Model):
+    attempt: int = Field(0, description="The last retry observed (spec.retry.attempt); 0: none.")
+    history: list[RetryRound] | None = Field(None, max_length=5, description="The last retries, oldest first.")
+
+
 class Usage(Model):
     """What the agents spent (docs/agents.md, "Usage"): summed once per finished subtask, over every
     pod of it, plus the reduce's; from the servers' own token counts, nothing estimated."""
@@ -898,6 +943,8 @@ class ParallelWorkloadStatus(Model):
     )
     result: Any = Field(None, description="The reduce output, or a bounded summary of the results.")
     results_ref: ResultsRef | None = None
+    retry: RetryStatus | None = None
+
     usage: Usage | None = None
 
 

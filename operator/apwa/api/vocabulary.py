@@ -36,6 +36,7 @@ class Reason(StrEnum):
     SUBTASKS_RUNNING = "SubtasksRunning"
     SUSPENDED = "Suspended"
     REDUCING = "Reducing"
+    RETRYING = "Retrying"  # spec.retry was accepted: failed subtasks run again
     # outcomes
     ALL_SUBTASKS_FINISHED = "AllSubtasksFinished"
     REDUCED = "Reduced"

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apwa import API_VERSION, PLURAL, metrics
@@ -42,18 +42,23 @@ from apwa.core import (
     PostEvent,
     RecordOutcomes,
     ReleaseJobs,
+    Reset,
+    ResetOutcomes,
     Stalled,
     StartReduce,
     Step,
     SuspendJobs,
     World,
     WriteStatus,
+    accept_retry,
     decide,
     finished,
     holds_result,
     make_plan,
     planning_status,
     read_spec,
+    retry_observed,
+    retry_requested,
     stall_of,
     stalled,
 )
@@ -65,6 +70,7 @@ from apwa.rendering import (
     LABEL_ROLE,
     LABEL_UID,
     Owner,
+    attempt_suffix,
     child_name,
     render_job,
     render_network_policy,
@@ -72,6 +78,7 @@ from apwa.rendering import (
     without_result_finalizer,
 )
 from apwa.results import Aggregate, SubtaskOutcome
+from apwa.results.usage import merged
 from apwa.status import is_finished
 
 log = logging.getLogger("apwa.workload")
@@ -80,6 +87,9 @@ log = logging.getLogger("apwa.workload")
 MIN_STEP_INTERVAL = 0.1
 ERROR_RETRY_SECONDS = 5.0
 FIRST_STALL_BACKOFF = 5.0
+# Written as null when a status no longer has them: a status write is a merge patch, and a retry
+# takes a finished workload back to Running (no completion time, no result, fewer failures).
+CLEARED_WHEN_ABSENT = ("completionTime", "result", "failedSubtasks")
 
 
 @dataclass
@@ -102,6 +112,8 @@ class Planned:
     subtasks: list[Subtask]
     outcomes: Aggregate
     store: ResultStore
+    # Subtasks a retry reset whose new outcome is not stored yet, by index (from the store).
+    pending: dict[int, Reset] = field(default_factory=dict)
 
 
 class WorkloadRunner:
@@ -197,10 +209,13 @@ class WorkloadRunner:
     async def step(self) -> float:
         spec = read_spec(self.body.get("spec"))
         now = time.time()
+        retry = retry_requested(spec, self.status)
         if is_finished(self.status):
-            # Finished (maybe before this operator started): nothing runs any more.
-            await self._release_leftovers()
-            return await self._execute(finished(spec, self.status, self.generation, now), spec)
+            if retry is None:
+                # Finished (maybe before this operator started): nothing runs any more.
+                await self._release_leftovers()
+                return await self._execute(finished(spec, self.status, self.generation, now), spec)
+            self._reopen()
         planned = self.planned or await self._plan(spec)
         if not self.seeded:
             await self._seed(planned)
@@ -212,6 +227,7 @@ class WorkloadRunner:
             self.netpol_done = True
         if planned.store.dirty:  # outcomes of a step whose store write failed
             await planned.store.flush()
+        self.children.set_round(retry_observed(self.status))
         world = World(
             spec=spec,
             plan=planned.subtasks,
@@ -222,7 +238,15 @@ class WorkloadRunner:
             creating=self.creations.in_flight,
             results_ref=planned.store.ref,
         )
+        if retry is not None:
+            return await self._execute(accept_retry(world, retry, planned.pending, now), spec)
         return await self._execute(decide(world, now), spec)
+
+    def _reopen(self) -> None:
+        """A retry of a finished workload: its plan, outcomes and children are read again."""
+        self.planned = None
+        self.seeded = False
+        self.children = ChildIndex()
 
     # ---- executing the core's actions --------------------------------------------------------
     async def _execute(self, step: Step, spec: ParallelWorkloadSpec) -> float:
@@ -237,6 +261,8 @@ class WorkloadRunner:
         match action:
             case RecordOutcomes(outcomes):
                 await self._record(outcomes)
+            case ResetOutcomes(resets):
+                await self._reset(resets)
             case ReleaseJobs(jobs):
                 await self._release(jobs)
             case SuspendJobs(jobs, suspend):
@@ -261,10 +287,23 @@ class WorkloadRunner:
         assert self.planned is not None, "outcomes are only collected once planned"
         for o in outcomes:
             self.planned.outcomes.record(o)
-            self.planned.store.add(o)
+            earlier = self.planned.pending.pop(o.index, None)
+            # Stored with what its earlier attempts spent too, so a restart sums every attempt.
+            spent = merged(u for u in (earlier.usage if earlier else None, o.usage) if u)
+            self.planned.store.add(replace(o, usage=spent) if earlier and earlier.usage else o)
             (metrics.SUBTASKS_SUCCEEDED if o.succeeded else metrics.SUBTASKS_FAILED).inc()
             metrics.count_usage(self.namespace, self.name, self.model, o.usage)
         await self.planned.store.flush()
+
+    async def _reset(self, resets: tuple[Reset, ...]) -> None:
+        """Durably first: an operator that stops before the status is written finds them again."""
+        assert self.planned is not None, "a retry is accepted once planned"
+        await self.planned.store.reset(resets)
+        metrics.SUBTASKS_RETRIED.inc(len(resets))
+        for r in resets:
+            self.planned.outcomes.forget(r.index)
+            self.planned.pending[r.index] = r
+            self.children.retry(r.index, r.attempt)
 
     @property
     def model(self) -> str:
@@ -322,7 +361,7 @@ class WorkloadRunner:
 
     async def _create_one(self, spec: ParallelWorkloadSpec, owner: Owner, path: str, s: Subtask, total: int) -> None:
         try:
-            job = render_job(owner, spec, s, total)
+            job = render_job(owner, spec, s, total, self.children.attempts.get(s.index, 0))
             if not self.settings.pod_finalizer:
                 without_result_finalizer(job)
             started = time.perf_counter()
@@ -358,7 +397,8 @@ class WorkloadRunner:
     async def _start_reduce(self, spec: ParallelWorkloadSpec) -> None:
         assert self.planned is not None, "the reduce starts once every planned subtask finished"
         total = len(self.planned.subtasks)
-        name = child_name(self.name, "reduce-input")
+        attempt = self.children.round  # each retry reduces again, from its own input
+        name = child_name(self.name, attempt_suffix(Role.REDUCE_INPUT.value, attempt))
         if spec.store is None:
             agg = Aggregate(total=total)
             for o in await self.planned.store.all_results():  # what is stored is what the reduce gets
@@ -367,21 +407,26 @@ class WorkloadRunner:
             body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.REDUCE_INPUT})
             await self.kube.create(self._path("configmaps", "v1"), body)
         # With a store the reduce pod streams the stored outcomes itself (apwa-store fetch-results).
-        job = render_reduce_job(self.owner, spec, name, KEY, total=total)
+        job = render_reduce_job(self.owner, spec, name, KEY, total=total, attempt=attempt)
         if not self.settings.pod_finalizer:
             without_result_finalizer(job)
         await self.kube.create(self._path("jobs", "batch/v1"), job)
-        self.children.reduce_job = self.children.reduce_job or JobState(name=child_name(self.name, "reduce"))
+        self.children.reduce_job = self.children.reduce_job or JobState(name=job["metadata"]["name"])
 
     async def _write(self, status: dict[str, Any], final: bool) -> float:
-        wake, now_status = await self.writer.write(status, final)
+        cleared = {k: None for k in CLEARED_WHEN_ABSENT if k in self.status and k not in status}
+        wake, now_status = await self.writer.write(status, final, cleared)
         if now_status is None:
             return wake
         self.body = {**self.body, "status": now_status}
         if is_finished(status):
+            # Finished: the status holds what is left to know; free the plan and the indexes
+            # (a retry plans and seeds again from the store).
+
             # Finished: the status holds what is left to know; free the plan and the indexes.
             metrics.count_usage(self.namespace, self.name, self.model, self.children.usage_of(None))
             self.planned = None
+            self.seeded = False
             self.release_all_held()
             self.children.clear()
             started = parse_iso(self.body["metadata"].get("creationTimestamp"))
@@ -444,8 +489,13 @@ class WorkloadRunner:
 
     async def _seed(self, planned: Planned) -> None:
         """Rebuild what an earlier run of the operator knew: stored outcomes, existing children."""
-        for outcome in await planned.store.load():
+        outcomes, pending = await planned.store.load()
+        for outcome in outcomes:
             planned.outcomes.record(outcome)
+        for r in pending:
+            planned.pending[r.index] = r
+            planned.outcomes.usage.add(r.usage)  # spent by attempts whose outcome a retry reset
+            self.children.attempts[r.index] = r.attempt
         recorded = planned.outcomes.outcomes
         selector = f"{LABEL_UID}={self.uid}"
         async for job in self.kube.list(self._path("jobs", "batch/v1"), labelSelector=selector):

@@ -23,6 +23,26 @@ class RecordOutcomes:
 
 
 @dataclass(frozen=True, slots=True)
+class Reset:
+    """One failed subtask a retry runs again: its index, the attempt, the failure it replaces
+    (as status.failedSubtasks lists it) and what that failure's pods spent."""
+
+    index: int
+    attempt: int
+    was: dict[str, Any]
+    usage: dict[str, Any] | None = None  # what the earlier attempts' agents spent: spent stays spent
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcomes:
+    """A retry was accepted: un-record these failures, durably (the store keeps each as pending
+    for `attempt`), before the status that says so is written. Their next Jobs are `attempt`'s."""
+
+    resets: tuple[Reset, ...]
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseJobs:
     """Outcomes stored: forget these subtasks' children, and only now let each Job's TTL run.
     Entries are (index, Job name, ttlSecondsAfterFinished or None)."""
@@ -95,6 +115,7 @@ class DeleteWorkload:
 
 Action = (
     RecordOutcomes
+    | ResetOutcomes
     | ReleaseJobs
     | SuspendJobs
     | HoldQueuedJobs

@@ -21,7 +21,7 @@ from apwa.api.models import (
 from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
 from apwa.rendering.failure_policy import pod_failure_policy
-from apwa.rendering.names import child_name, job_name, label_value
+from apwa.rendering.names import attempt_suffix, child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
 from apwa.results.keys import OUTCOME_CHUNK, location_env, workload_root
 from apwa.results.protocol import message_budget
@@ -30,6 +30,9 @@ LABEL_WORKLOAD = "apwa.dev/workload"
 LABEL_UID = "apwa.dev/workload-uid"
 LABEL_INDEX = "apwa.dev/index"
 LABEL_ROLE = "apwa.dev/role"
+# The retry a subtask's (or the reduce's) Job and pods belong to: 0 for the first run. Absent on
+# children made before retries existed, which read as 0.
+LABEL_ATTEMPT = "apwa.dev/attempt"
 ANNOTATION_TEMPLATE = "apwa.dev/template"
 # On a Job that spec.suspend suspended (or whose Kueue Workload it deactivated): only Jobs marked so
 # are resumed, so a Job suspended by anything else (Kueue waiting for quota) is never unsuspended.
@@ -105,7 +108,9 @@ def metadata(owner: Owner, name: str, extra_labels: dict[str, str]) -> dict[str,
     return meta
 
 
-def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count: int) -> dict[str, Any]:
+def render_job(
+    owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count: int, attempt: int = 0
+) -> dict[str, Any]:
     template = spec.templates[subtask.template]
     item_json = json.dumps(subtask.item, separators=(",", ":"), sort_keys=True)
     env = {
@@ -115,7 +120,9 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         "APWA_ITEM": item_json,
     }
     context = {"index": subtask.index, "count": count, "workload": owner.name, "item": subtask.item}
-    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value}
+    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value, LABEL_ATTEMPT: str(attempt)}
+    if attempt:
+        env["APWA_ATTEMPT"] = str(attempt)  # a worker with side effects outside may want to know
     if spec.store is not None:
         env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
     if spec.agent is not None:
@@ -125,7 +132,7 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         spec,
         subtask.template,
         template,
-        name=job_name(owner.name, subtask.index),
+        name=job_name(owner.name, subtask.index, attempt),
         labels=labels,
         env=env,
         context=context,
@@ -150,7 +157,12 @@ def _agent_key(pod: dict[str, Any], agent: AgentSpec) -> None:
 
 
 def render_reduce_job(
-    owner: Owner, spec: ParallelWorkloadSpec, results_config_map: str, results_key: str, total: int = 0
+    owner: Owner,
+    spec: ParallelWorkloadSpec,
+    results_config_map: str,
+    results_key: str,
+    total: int = 0,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     """The reduce Job: the results ConfigMap is mounted read-only at RESULTS_MOUNT; with a store,
     an init container streams the results out of it into a file instead."""
@@ -170,8 +182,8 @@ def render_reduce_job(
         spec,
         name,
         spec.templates[name],
-        name=child_name(owner.name, Role.REDUCE.value),
-        labels={LABEL_ROLE: Role.REDUCE.value},
+        name=child_name(owner.name, attempt_suffix(Role.REDUCE.value, attempt)),
+        labels={LABEL_ROLE: Role.REDUCE.value, LABEL_ATTEMPT: str(attempt)},
         env=env,
         context=context,
     )
