@@ -75,6 +75,8 @@ class Registry:
         runner = self.runners.pop(uid, None)
         if runner and runner.task:
             runner.task.cancel()
+        if runner:
+            metrics.forget_workload(runner.namespace, runner.name)
         self._gauge()
 
     async def stop_all(self) -> None:
