@@ -60,7 +60,7 @@ crd: install
 example: install
 	$(BIN)/apwa run --local examples/wordcount.yaml
 
-## Build (or reuse) the control-plane binaries, helm and kubeconform.
+## Build (or reuse) the control-plane binaries, helm, kubeconform and promtool (alert rule checks).
 testenv:
 	bash hack/testenv-build.sh
 
