@@ -33,7 +33,8 @@ WATCH_LAG = Histogram(
 # What the agents spent (docs/agents.md, "Usage"): counted when a subtask's outcome is recorded
 # (and the reduce's when the workload finishes), from the same envelopes as status.usage. One
 # series per workload and model: removed when the workload is deleted, so they don't pile up.
-_AGENT_LABELS = ["namespace", "workload", "model"]
+# workload_namespace, not namespace: see WORKLOAD_LABELS below.
+_AGENT_LABELS = ["workload_namespace", "workload", "model"]
 AGENT_TOKENS = Counter("apwa_agent_tokens_total", "Tokens the model server reported, by kind", [*_AGENT_LABELS, "kind"])
 AGENT_REQUESTS = Counter("apwa_agent_requests_total", "Model requests the agents made, retries included", _AGENT_LABELS)
 AGENT_RETRIES = Counter("apwa_agent_retries_total", "Model requests that repeated one (429, 5xx)", _AGENT_LABELS)
@@ -63,9 +64,11 @@ def forget_usage(namespace: str, workload: str, model: str) -> None:
         with contextlib.suppress(KeyError):
             counter.remove(*labels)
 
+
 # Per-workload series, for the alerts of docs/monitoring.md. Labelled by the workload's namespace
-# and name (workload_namespace, not namespace: Prometheus puts the operator pod's own namespace
-# in `namespace` when it scrapes), and present only while the workload is in progress: a
+# and name (workload_namespace, not namespace: scraping through the chart's ServiceMonitor, Prometheus
+# sets `namespace` to the operator pod's and renames a series' own to exported_namespace), and
+# present only while the workload is in progress: a
 # workload that finishes or is deleted loses its series, so their number is bounded by the
 # workloads running at once, never by history.
 WORKLOAD_LABELS = ["workload_namespace", "workload"]

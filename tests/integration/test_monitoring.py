@@ -111,6 +111,9 @@ def merge(into: Exported, more: Exported) -> None:
 
 
 FLAKY = {"KWOK_OUTCOME": "fail", "KWOK_MESSAGE": "nope"}
+# kwok runs no agent: the pod's termination message is the envelope an agent writes, usage included.
+AGENT = {"url": "http://10.254.0.1:8765/v1", "model": "stub-7b", "prompt": "look at {{ item }}"}
+AGENT_MESSAGE = '{"apwa":1,"value":1,"usage":{"prompt_tokens":5,"completion_tokens":2,"requests":1,"retries":0}}'
 HOLD = {"KWOK_OUTCOME": "hold"}  # the pod stays Running until the workload goes
 
 
@@ -119,8 +122,8 @@ def exported(api: client.ApiClient, crd: None, tmp_path_factory: pytest.TempPath
     """What a fresh operator exports after a run that creates every labelled series.
 
     In its own namespace (with a Job quota of 1: the second Job is refused with 403, an API error)
-    a workload finishes after one failure within its budget; a second one is scraped while it runs
-    (the per-workload series exist only then).
+    a workload finishes after one failure within its budget, an agent workload reports its model
+    usage, and a third one is scraped while it runs (the per-workload series exist only then).
     """
     name = f"mon-{uuid.uuid4().hex[:6]}"
     with temporary_namespace(api, name, {"apwa.dev/test": "integration"}) as ns:
@@ -152,6 +155,8 @@ def run_scenario(api: client.ApiClient, ns: str, op: OperatorProcess) -> Exporte
     w.wait_condition("done", "Complete", timeout=240)
     w.core.delete_namespaced_resource_quota("jobs", ns)
     wait_for(lambda: not w.core.list_namespaced_resource_quota(ns).items, 30, "the quota to be gone")
+    w.create(workload("agent", {"range": {"end": 2}}, {"KWOK_MESSAGE": AGENT_MESSAGE}, agent=AGENT))
+    w.wait_condition("agent", "Complete")
     templates = {"default": {"podTemplate": pod_template(HOLD)}, "flaky": {"podTemplate": pod_template(FLAKY)}}
     w.create(workload("running", items, templates=templates, failurePolicy={"maxFailedSubtasks": 3}))
     wait_for(lambda: series(op, PER_WORKLOAD[1], ns, "running") == 1, 120, "one failure of the running workload")
@@ -167,6 +172,7 @@ def test_the_run_created_the_labelled_series(exported: Exported) -> None:
     for name in PER_WORKLOAD:
         assert {"workload_namespace", "workload"} <= exported[name], name
     assert "apwa_workload_duration_seconds_count" in exported
+    assert {"workload_namespace", "workload", "model", "kind"} <= exported["apwa_agent_tokens_total"]
 
 
 def check_selectors(found: list[Selector], exported: Exported) -> list[str]:
@@ -310,7 +316,7 @@ def test_promtool_rule_tests_fail_on_a_wrong_threshold(promtool: Path, tools: Pa
 
 
 # Grafana's variables, as Grafana would substitute them, so promtool can parse the queries.
-GRAFANA_VARS = {"$__rate_interval": "5m", '"$job"': '".+"'}
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "6h", '"$job"': '".+"'}
 
 
 def test_promtool_parses_every_dashboard_query(promtool: Path, tmp_path: Path) -> None:

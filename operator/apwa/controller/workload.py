@@ -126,6 +126,7 @@ class WorkloadRunner:
         # the clock again), and the failures the spec tolerates, known once planned.
         self.progress_at = time.time()
         self.failure_budget: int | None = None
+        self.stopped = False
 
     # ---- events from the shared watches ------------------------------------------------------
     def _recorded(self) -> Container[int]:
@@ -158,9 +159,21 @@ class WorkloadRunner:
         finally:
             self.creations.cancel()
 
+    def stop(self) -> None:
+        """The workload is gone: end the loop and drop its series.
+
+        The flag, not only the cancellation: on Python 3.11 asyncio.wait_for can swallow a
+        cancellation that arrives as its awaitable completes (a wake at the moment of the delete),
+        and the loop would then go on and publish the series again.
+        """
+        self.stopped = True
+        if self.task:
+            self.task.cancel()
+        metrics.forget_workload(self.namespace, self.name)
+
     async def _loop(self) -> None:
         delay = 0.0
-        while True:
+        while not self.stopped:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
             await asyncio.sleep(MIN_STEP_INTERVAL)  # rate limit, not synchronisation: see above
@@ -178,7 +191,8 @@ class WorkloadRunner:
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
                 delay = ERROR_RETRY_SECONDS
-            self.publish_metrics()  # after a stall too: a stalled workload's progress time stays put
+            if not self.stopped:
+                self.publish_metrics()  # after a stall too: a stalled workload's progress time stays put
 
     def progressed(self) -> None:
         self.progress_at = time.time()
