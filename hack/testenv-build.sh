@@ -116,8 +116,9 @@ build_versitygw() {
 # promtool, for the chart's alert rules (tests/integration/test_monitoring.py). Prometheus's
 # module has no replace directives, so a plain wrapper module works. The tag remove_all_sd leaves
 # out the service discovery plugins (every cloud SDK), which rule checks and rule unit tests never
-# use: without it the cold build had not finished after 20 minutes here; with it, 7m20s wall
-# (4m45s of CPU) on 2 busy cores, modules downloaded included.
+# use: without it the cold build had not finished after 20 minutes here; with it, cold (empty Go
+# module and build caches) 7m20s and 9m35s wall on 2 cores shared with other builds (load 10-17),
+# 4m45s and 4m16s of CPU, downloads included: about 3 minutes on 2 idle cores.
 promtool_bin="$cache/promtool-$PROMETHEUS_VERSION/bin"
 build_promtool() {
   [ -x "$promtool_bin/promtool" ] && return 0

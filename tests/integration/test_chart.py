@@ -48,6 +48,7 @@ CASES: dict[str, list[str]] = {
     "default": [],
     "namespaced": ["--set", "watchNamespaces={{{a},{b}}}"],
     "monitoring": ["--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.labels.release=prometheus"],
+    "dashboard": ["--set", "grafanaDashboard.enabled=true"],
     "alerting": [
         "--set",
         "prometheusRule.enabled=true",
@@ -169,9 +170,10 @@ def test_chart_crd_is_the_generated_crd() -> None:
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (REPO / "crds").iterdir())
 
 
-@pytest.mark.parametrize("case", ["default", "namespaced", "image", "tuned"])
+@pytest.mark.parametrize("case", ["default", "namespaced", "image", "tuned", "dashboard"])
 def test_helm_lint_strict(tools: Path, case: str) -> None:
-    # helm lint cannot declare extra APIs, so the ServiceMonitor case is rendered (below) instead.
+    # helm lint cannot declare extra APIs, so the ServiceMonitor and PrometheusRule cases are
+    # rendered (below) instead.
     args = [a.format(ns="apwa-system", a="team-a", b="team-b") for a in CASES[case]]
     proc = run([str(tools / "helm"), "lint", "--strict", str(CHART), "--kube-version", kube_version(), *args])
     assert proc.returncode == 0, proc.stdout + proc.stderr
