@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 REAL_NODE ?= 0
 
-.PHONY: install model-stub test test-slow test-unit test-agents test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan clean
+.PHONY: install model-stub test test-slow test-unit test-agents test-integration test-real lint fmt crd example cluster cluster-down testenv testenv-real images chart-package lock run bench bench-plan bench-scale clean
 
 install: $(VENV)/.installed
 
@@ -60,7 +60,8 @@ crd: install
 example: install
 	$(BIN)/apwa run --local examples/wordcount.yaml
 
-## Build (or reuse) the control-plane binaries, helm, kubeconform and promtool (alert rule checks).
+## Build (or reuse) the control-plane binaries, helm, kubeconform, the S3 server, Kueue
+## (docs/kueue.md; tests/integration/test_kueue.py starts it with hack/kueue.sh) and promtool (alert rule checks).
 testenv:
 	bash hack/testenv-build.sh
 
@@ -107,6 +108,13 @@ bench-plan: install
 bench: install testenv
 	$(BIN)/python bench/plan_render.py
 	@eval "$$(bash hack/cluster.sh up | tail -n 1)" && $(BIN)/python bench/operator_bench.py
+
+## The scaling curve (issue 14): N = 1,000 and 10,000 subtasks, 3 interleaved repeats of the operator,
+## raw Job creation and one Indexed Job; a CSV and bench/results/scale-latest.png. BENCH_ARGS adds
+## sizes, e.g. BENCH_ARGS='--n 1000 --n 10000 --n 100000'.
+bench-scale: install testenv
+	$(BIN)/pip install -q -e '.[bench]'
+	@eval "$$(bash hack/cluster.sh up | tail -n 1)" && $(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -365,6 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="kopf peering name, for several replicas with one active (needs kopf's peering CRDs); "
         "default: standalone (env APWA_PEERING)",
     )
+    o.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="several replicas, one acting: hold a coordination.k8s.io Lease to act (env APWA_LEADER_ELECTION=true)",
+    )
+    o.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="the Lease's namespace (default: env POD_NAMESPACE, else the service account's namespace)",
+    )
+    o.add_argument(
+        "--leader-election-id",
+        default=None,
+        help="the Lease's name (env APWA_LEADER_ELECTION_ID; default apwa-operator)",
+    )
     o.set_defaults(func=cmd_operator)
     return p
 

@@ -20,8 +20,12 @@ WORKLOAD_SECONDS = Histogram(
     "Time from a workload's creation to its completion",
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
 )
+LEADER = Gauge("apwa_leader", "1 while this replica holds the leader Lease (or runs without election), else 0")
 API_ERRORS = Counter("apwa_api_errors_total", "Kubernetes API errors by HTTP status", ["code"])
 API_RETRIES = Counter("apwa_api_retries_total", "Kubernetes API requests retried")
+API_REQUESTS = Counter(
+    "apwa_api_requests_total", "Kubernetes API requests sent, each retry included (watches not)", ["verb"]
+)
 POD_RELEASES = Counter("apwa_pod_releases_total", "Pods whose apwa.dev/result finalizer the operator removed")
 STATUS_PATCHES = Counter("apwa_status_patches_total", "Status writes to ParallelWorkloads")
 WATCH_LAG = Histogram(

@@ -101,7 +101,8 @@ def conditions(
     ]
 
 
-def counts(total: int, active: int, agg: Tallied | None) -> dict[str, int]:
+def counts(total: int, active: int, agg: Tallied | None, awaiting_admission: int = 0) -> dict[str, int]:
+    """`active` excludes the Jobs awaiting admission by Kueue: those count as pending (and apart)."""
     succeeded = agg.succeeded if agg else 0
     failed = agg.failed if agg else 0
     return {
@@ -110,6 +111,7 @@ def counts(total: int, active: int, agg: Tallied | None) -> dict[str, int]:
         "active": active,
         "succeeded": succeeded,
         "failed": failed,
+        "awaitingAdmission": awaiting_admission,
     }
 
 
@@ -122,6 +124,7 @@ def build(
     total: int,
     active: int,
     agg: Tallied | None,
+    awaiting_admission: int = 0,
     previous: dict[str, Any] | None = None,
     stalled: bool = False,
     start_time: str | None = None,
@@ -133,7 +136,7 @@ def build(
 ) -> dict[str, Any]:
     previous = previous or {}
     usage = usage if usage is not None else previous.get("usage")  # spent stays spent (e.g. while stalled)
-    c = counts(total, active, agg)
+    c = counts(total, active, agg, awaiting_admission)
     status: dict[str, Any] = {
         "phase": str(phase),
         "progress": f"{c['succeeded']}/{total}",

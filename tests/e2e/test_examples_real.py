@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,11 +55,21 @@ def test_example_runs_on_real_pods(
 def test_operator_is_ready_and_serves_metrics(incluster_operator: RealNode) -> None:
     node = incluster_operator
     dep = node.get("-n", OPERATOR_NS, "deployment", RELEASE)
-    assert dep["status"].get("readyReplicas") == 1
-    (pod,) = node.get("-n", OPERATOR_NS, "pods", "-l", "app.kubernetes.io/component=operator")["items"]
-    assert pod["spec"]["nodeName"] == NODE_NAME
-    assert all(c["ready"] for c in pod["status"]["containerStatuses"])  # readiness probe passes
-    assert all(c["restartCount"] == 0 for c in pod["status"]["containerStatuses"])  # liveness never failed
+    assert dep["status"].get("readyReplicas") == 2  # the leader and a standby
+    pods = node.get("-n", OPERATOR_NS, "pods", "-l", "app.kubernetes.io/component=operator")["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"])  # readiness probe passes
+        assert all(c["restartCount"] == 0 for c in pod["status"]["containerStatuses"])  # liveness never failed
+    # One leader: the Lease names one of the two pods, and only that one says it leads.
+    holder = node.get("-n", OPERATOR_NS, "lease", RELEASE)["spec"]["holderIdentity"]
+    leading = {
+        p["metadata"]["name"]: re.search(r"^apwa_leader (\S+)$", _pod_metrics(p), re.M).group(1)  # type: ignore[union-attr]
+        for p in pods
+    }
+    assert sorted(leading.values()) == ["0.0", "1.0"], leading
+    assert holder.startswith(f"apwa@{next(n for n, v in leading.items() if v == '1.0')}/")
     # /metrics through its Service: the ClusterIP, translated by kube-proxy's rules on this host.
     svc = node.get("-n", OPERATOR_NS, "service", f"{RELEASE}-metrics")
     url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}/metrics"
@@ -66,8 +77,15 @@ def test_operator_is_ready_and_serves_metrics(incluster_operator: RealNode) -> N
     assert "apwa_subtasks_created_total" in metrics
 
 
+def _pod_metrics(pod: dict[str, Any]) -> str:
+    """A replica's own /metrics, at its pod IP (the host routes to the real node's pods)."""
+    url = f"http://{pod['status']['podIP']}:8080/metrics"
+    return wait_for(lambda: httpx.get(url, timeout=5).text, 60, f"{url} answers")
+
+
 def test_operator_logged_no_permission_errors(incluster_operator: RealNode) -> None:
-    logs = incluster_operator.kubectl("-n", OPERATOR_NS, "logs", f"deployment/{RELEASE}")
+    selector = "app.kubernetes.io/component=operator"
+    logs = incluster_operator.kubectl("-n", OPERATOR_NS, "logs", "-l", selector, "--prefix", "--tail=-1")
     denied = [
         line for line in logs.splitlines() if re.search(r"(?<![\d,.:])403(?!\d)|[Ff]orbidden|Not enough perm", line)
     ]

@@ -76,6 +76,11 @@ CASES: dict[str, list[str]] = {
         "image.pullPolicy=Always",
     ],
     "tuned": [
+        # One replica without leader election: the standalone install.
+        "--set",
+        "replicas=1",
+        "--set",
+        "leaderElection.enabled=false",
         "--set-json",
         'imagePullSecrets=[{{"name":"regcred"}}]',
         "--set",
@@ -183,7 +188,8 @@ def test_helm_lint_strict(tools: Path, case: str) -> None:
 @pytest.mark.parametrize(
     ("setting", "complaint"),
     [
-        (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+        (["--set", "replica=2"], "additional properties 'replica' not allowed"),
+        (["--set", "replicas=0"], "replicas"),
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "image.digest=latest"], "digest"),
         (["--set", "watchNamespaces=team-a"], "watchNamespaces"),
@@ -229,6 +235,9 @@ def test_default_rendering(tools: Path) -> None:
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
             "Service",
             "Deployment",
         ]
@@ -237,17 +246,28 @@ def test_default_rendering(tools: Path) -> None:
     assert crd == yaml.safe_load((REPO / "crds" / "apwa.dev_parallelworkloads.yaml").read_text())
     dep = one(docs, "Deployment")
     assert dep["metadata"]["namespace"] == "apwa-system"
-    # Standalone kopf: one replica, and never two at once during an upgrade.
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas, one acting (leader election): an upgrade adds a standby before removing one.
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    lease_rules = one(docs, "Role")["rules"]
+    assert {v for r in lease_rules for v in r["verbs"]} == {"create", "get", "update"}
+    assert all(r["resources"] == ["leases"] for r in lease_rules)
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/apwa-dev/apwa-operator:0.1.0"
     assert "args" not in c  # the image's entrypoint is `apwa operator`
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     # No APWA_NAMESPACES: all. The store sidecar is the operator's own image by default.
     assert env == {
         "APWA_METRICS_PORT": "8080",
         "APWA_LOG_LEVEL": "INFO",
+        "APWA_LEADER_ELECTION": "true",
+        "APWA_LEADER_ELECTION_ID": "apwa",
+        "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "APWA_LEASE_DURATION": "15",
+        "APWA_RENEW_DEADLINE": "10",
+        "APWA_RETRY_PERIOD": "2",
         "APWA_STORE_SIDECAR_IMAGE": "ghcr.io/apwa-dev/apwa-operator:0.1.0",
     }
     assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
@@ -268,10 +288,12 @@ def test_non_default_renderings(tools: Path) -> None:
     names = {"ns": "ops", "a": "team-a", "b": "team-b"}
 
     docs = render(tools, "namespaced", names)
-    env = {e["name"]: e["value"] for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in containers[0]["env"]}
     assert env["APWA_NAMESPACES"] == "team-a,team-b"
-    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["team-a", "team-b"]
-    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding") == ["team-a", "team-b"]
+    grants = [d for d in docs if d["kind"] in ("Role", "RoleBinding") and not d["metadata"]["name"].endswith("-leader")]
+    for kind in ("Role", "RoleBinding"):
+        assert sorted(d["metadata"]["namespace"] for d in grants if d["kind"] == kind) == ["team-a", "team-b"]
     assert one(docs, "ClusterRole")["metadata"]["name"] == "apwa-discovery"
 
     docs = render(tools, "monitoring", names)
@@ -296,13 +318,15 @@ def test_non_default_renderings(tools: Path) -> None:
     assert dep["metadata"]["name"] == "batch-operator"
     assert c["image"] == "ghcr.io/apwa-dev/apwa-operator@sha256:" + "ab" * 32
     assert c["args"] == ["--max-subtasks=5000"]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env == {
         "APWA_METRICS_PORT": "9095",
         "APWA_LOG_LEVEL": "DEBUG",
         "APWA_STATUS_INTERVAL": "2.5",
         "APWA_STORE_SIDECAR_IMAGE": "ghcr.io/apwa-dev/apwa-operator@sha256:" + "ab" * 32,
     }
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget" or d["metadata"]["name"].endswith("-leader")]
     assert c["ports"][0]["containerPort"] == 9095
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["serviceAccountName"] == "robot" == one(docs, "ServiceAccount")["metadata"]["name"]

@@ -92,6 +92,11 @@ holds the same list with the code each rule serves, and fails on any difference)
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.kueue }}
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
+{{- end }}
 {{- with (concat .Values.rbac.secretNames .Values.rbac.plannerSecretNames | uniq) }}
 - apiGroups: [""]
   resources: ["secrets"]

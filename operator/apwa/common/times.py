@@ -22,6 +22,7 @@ def parse_iso(ts: str | None) -> float | None:
     return parsed.timestamp()
 
 
-def format_iso(epoch: float) -> str:
-    """The stamp Kubernetes writes (seconds precision, UTC, "Z")."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def format_iso(epoch: float, *, micro: bool = False) -> str:
+    """The stamp Kubernetes writes (seconds precision, UTC, "Z"); `micro`: a MicroTime (Leases'
+    renewTime and acquireTime), with microseconds."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")

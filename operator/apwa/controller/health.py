@@ -5,9 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+_started: list[web.AppRunner] = []
+
 
 async def start_health_server(port: int) -> web.AppRunner | None:
-    if port <= 0:
+    """Start the server once per process (a standby starts it before kopf does); None when it was
+    started already, or `port` is 0: the caller then has nothing to clean up."""
+    if port <= 0 or _started:
         return None
 
     async def metrics(_: web.Request) -> web.Response:
@@ -24,4 +28,5 @@ async def start_health_server(port: int) -> web.AppRunner | None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port).start()
+    _started.append(runner)
     return runner

@@ -24,6 +24,7 @@ from apwa.api.models import ParallelWorkloadSpec
 from apwa.api.vocabulary import FINISHED, EventType, Phase, Reason, Role
 from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
+from apwa.controller import kueue
 from apwa.controller.dynamic import PlanContext, stored_plan
 from apwa.controller.effects import Creations, StatusWriter, event_body
 from apwa.controller.finalizers import PodReleaser
@@ -35,6 +36,7 @@ from apwa.core import (
     ChildIndex,
     CreateJobs,
     DeleteWorkload,
+    HoldQueuedJobs,
     JobState,
     PatchStatus,
     PostEvent,
@@ -58,6 +60,7 @@ from apwa.core import (
 from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask
 from apwa.rendering import (
+    ANNOTATION_HELD,
     DEFAULT_SIDECAR_IMAGE,
     LABEL_ROLE,
     LABEL_UID,
@@ -276,6 +279,8 @@ class WorkloadRunner:
                 await self._release(jobs)
             case SuspendJobs(jobs, suspend):
                 await self._suspend(jobs, suspend)
+            case HoldQueuedJobs(jobs, hold):
+                return await self._hold_queued(jobs, hold)
             case CreateJobs(indices, resume_at):
                 self._create(spec, indices, resume_at)
             case StartReduce():
@@ -319,15 +324,28 @@ class WorkloadRunner:
                 log.warning("workload %s/%s: setting a Job's TTL failed: %s", self.namespace, self.name, result)
 
     async def _suspend(self, jobs: tuple[tuple[int, str], ...], suspend: bool) -> None:
-        await asyncio.gather(
-            *(
-                self.kube.merge_patch(self._path("jobs", "batch/v1", name), {"spec": {"suspend": suspend}})
-                for _, name in jobs
-            )
-        )
+        # One patch sets both: a Job is never suspended by us without the mark that resumes it.
+        mark = {"annotations": {ANNOTATION_HELD: "true" if suspend else None}}
+        body = {"metadata": mark, "spec": {"suspend": suspend}}
+        await asyncio.gather(*(self.kube.merge_patch(self._path("jobs", "batch/v1", name), body) for _, name in jobs))
         for index, _ in jobs:
-            if index in self.children.jobs:
-                self.children.jobs[index].suspended = suspend
+            if (job := self.children.jobs.get(index)) is not None:
+                job.suspended = job.held = suspend
+
+    async def _hold_queued(self, jobs: tuple[tuple[int, str], ...], hold: bool) -> float:
+        """Deactivate (hold) or reactivate the Kueue Workloads of these Jobs, then mark or unmark the
+        Jobs: in that order, so an interruption leaves a Job whose mark says to try again."""
+        uids = {self.children.jobs[i].uid: (i, name) for i, name in jobs if i in self.children.jobs}
+        found = await kueue.workloads_of(self.kube, self.namespace, uids.keys())
+        await kueue.set_active(self.kube, self.namespace, found.values(), active=not hold)
+        # Resuming a Job whose Workload is gone is done: Kueue makes it a new, active one.
+        done = [uids[u] for u in uids if u in found or not hold]
+        body = {"metadata": {"annotations": {ANNOTATION_HELD: "true" if hold else None}}}
+        await asyncio.gather(*(self.kube.merge_patch(self._path("jobs", "batch/v1", n), body) for _, n in done))
+        for index, _ in done:
+            if (job := self.children.jobs.get(index)) is not None:  # may have finished meanwhile
+                job.held = hold
+        return RESYNC_SECONDS if len(done) == len(jobs) else kueue.RETRY_SECONDS
 
     def _create(self, spec: ParallelWorkloadSpec, indices: tuple[int, ...], resume_at: int) -> None:
         # A refused creation is reported first; then none of these start and the window stays.
@@ -513,7 +531,8 @@ class WorkloadRunner:
             previous=self.status,
             generation=self.generation,
             total=len(p.subtasks) if p else 0,
-            active=sum(1 for j in self.children.jobs.values() if not j.finished),
+            active=sum(1 for j in self.children.jobs.values() if not j.finished and not j.awaiting_admission),
+            awaiting_admission=sum(1 for j in self.children.jobs.values() if j.awaiting_admission),
             outcomes=p.outcomes if p else None,
             written=self.writer.written,
             backoff=self.stall_backoff,

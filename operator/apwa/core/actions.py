@@ -32,10 +32,24 @@ class ReleaseJobs:
 
 @dataclass(frozen=True, slots=True)
 class SuspendJobs:
-    """Set spec.suspend of these active Jobs, entries (index, Job name)."""
+    """Follow spec.suspend: suspend these unfinished Jobs and mark them held (ANNOTATION_HELD), or
+    unsuspend these held Jobs and unmark them. Entries (index, Job name). Only Jobs not Kueue's:
+    see HoldQueuedJobs."""
 
     jobs: tuple[tuple[int, str], ...]
     suspend: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldQueuedJobs:
+    """Follow spec.suspend for Kueue's Jobs: deactivate (hold) or reactivate their Kueue Workloads
+    (spec.active), then mark or unmark the Jobs held. Never the Jobs' own spec.suspend: Kueue
+    unsuspends an admitted Job that is suspended directly, and only Kueue may unsuspend a Job it
+    queued. Entries (index, Job name); a Job whose Workload Kueue has not made yet stays unmarked,
+    so a later step tries again."""
+
+    jobs: tuple[tuple[int, str], ...]
+    hold: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,7 @@ Action = (
     RecordOutcomes
     | ReleaseJobs
     | SuspendJobs
+    | HoldQueuedJobs
     | CreateJobs
     | StartReduce
     | WriteStatus

@@ -13,7 +13,14 @@ from typing import Any
 
 from apwa.api.vocabulary import Reason, Role
 from apwa.common.times import parse_iso
-from apwa.rendering import LABEL_INDEX, LABEL_ROLE, RESULT_FINALIZER, STORE_SIDECAR
+from apwa.rendering import (
+    ANNOTATION_HELD,
+    LABEL_INDEX,
+    LABEL_KUEUE_QUEUE,
+    LABEL_ROLE,
+    RESULT_FINALIZER,
+    STORE_SIDECAR,
+)
 from apwa.results import (
     ResultTruncated,
     StoreFailed,
@@ -45,15 +52,25 @@ class JobState:
     finished_at: float | None = None  # epoch seconds, from the Job's condition
     uid: str = ""
     failed_pods: int = 0  # status.failed: failures counted against backoffLimit (Ignored ones are not)
+    queued: bool = False  # Kueue's (LABEL_KUEUE_QUEUE): Kueue unsuspends it on admission, and only Kueue
+    held: bool = False  # ANNOTATION_HELD: spec.suspend stopped it, and only resuming it restarts it
+
+    @property
+    def awaiting_admission(self) -> bool:
+        """Suspended by Kueue until its quota admits it (not by spec.suspend): pending, not active."""
+        return self.queued and self.suspended and not self.held and not self.finished
 
     @classmethod
     def from_body(cls, job: dict[str, Any]) -> JobState:
         status = job.get("status") or {}
+        meta = job["metadata"]
         state = cls(
-            name=job["metadata"]["name"],
+            name=meta["name"],
             suspended=bool((job.get("spec") or {}).get("suspend")),
-            uid=job["metadata"].get("uid", ""),
+            uid=meta.get("uid", ""),
             failed_pods=int(status.get("failed") or 0),
+            queued=LABEL_KUEUE_QUEUE in (meta.get("labels") or {}),
+            held=(meta.get("annotations") or {}).get(ANNOTATION_HELD) == "true",
         )
         for c in status.get("conditions") or []:
             if c.get("status") != "True":

@@ -114,6 +114,7 @@ class Kube:
         headers = {"Content-Type": content_type} if content_type else None
         backoff = Backoff(0.05, 5.0)
         for attempt in range(self._retries + 1):
+            metrics.API_REQUESTS.labels(verb=method).inc()
             try:
                 async with self._sem:
                     resp = await self._client.request(method, path, json=json, params=params, headers=headers)

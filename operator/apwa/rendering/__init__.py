@@ -1,8 +1,10 @@
 """Subtask + template -> Kubernetes manifests (Jobs, NetworkPolicy). Pure."""
 
 from apwa.rendering.jobs import (
+    ANNOTATION_HELD,
     DEFAULT_SIDECAR_IMAGE,
     LABEL_INDEX,
+    LABEL_KUEUE_QUEUE,
     LABEL_ROLE,
     LABEL_UID,
     LABEL_WORKLOAD,
@@ -21,8 +23,10 @@ from apwa.rendering.netpol import render_network_policy
 from apwa.rendering.placeholders import substitute
 
 __all__ = [
+    "ANNOTATION_HELD",
     "DEFAULT_SIDECAR_IMAGE",
     "LABEL_INDEX",
+    "LABEL_KUEUE_QUEUE",
     "LABEL_ROLE",
     "LABEL_UID",
     "LABEL_WORKLOAD",

@@ -31,6 +31,12 @@ LABEL_UID = "apwa.dev/workload-uid"
 LABEL_INDEX = "apwa.dev/index"
 LABEL_ROLE = "apwa.dev/role"
 ANNOTATION_TEMPLATE = "apwa.dev/template"
+# On a Job that spec.suspend suspended (or whose Kueue Workload it deactivated): only Jobs marked so
+# are resumed, so a Job suspended by anything else (Kueue waiting for quota) is never unsuspended.
+ANNOTATION_HELD = "apwa.dev/held"
+# Kueue's LocalQueue label (docs/kueue.md): on the workload, it passes to every child like any other
+# label; a Job carrying it is Kueue's to start (created suspended, unsuspended once admitted).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "apwa"}
 # The container's termination message is the result channel; the worker writes here.
 RESULT_PATH = "/dev/termination-log"
@@ -334,7 +340,8 @@ def _job(
                 # The result travels in the termination message; on a crash the log tail stands in.
                 c.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
 
-    pod_labels = {**(pod_meta.get("labels") or {}), **metadata(owner, name, labels)["labels"]}
+    meta = metadata(owner, name, labels)
+    pod_labels = {**(pod_meta.get("labels") or {}), **meta["labels"]}
     finalizers = [f for f in pod_meta.get("finalizers") or [] if f != RESULT_FINALIZER] + [RESULT_FINALIZER]
     pod_template["metadata"] = {**pod_meta, "labels": pod_labels, "finalizers": finalizers}
     job_spec: dict[str, Any] = {
@@ -345,6 +352,10 @@ def _job(
     }
     if template.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = template.active_deadline_seconds
+    if LABEL_KUEUE_QUEUE in meta["labels"]:
+        # Kueue's webhook would suspend it anyway; created suspended, no pod can start before
+        # admission even if that webhook is down (Kueue then finds it suspended and admits it).
+        job_spec["suspend"] = True
     # A worker that marks its failure final (apwa.worker.fail(..., final=True)) exits with
     # FINAL_EXIT_CODE: the Job fails at once instead of spending its backoffLimit on a hopeless retry
     # (unless the template's own podFailurePolicy decides that exit code).
@@ -355,7 +366,6 @@ def _job(
         raise RenderError(f"spec.templates.{template_name}.podFailurePolicy", str(e)) from None
     # No ttlSecondsAfterFinished here on purpose: the operator sets the template's TTL only after
     # it has stored the subtask's outcome, so a TTL can never delete an unrecorded result.
-    meta = metadata(owner, name, labels)
     meta["annotations"] = {ANNOTATION_TEMPLATE: template_name}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 

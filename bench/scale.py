@@ -1,0 +1,320 @@
+"""The scaling curve: one workload of N subtasks through the operator, beside the same-run
+baselines, for N = 1,000 / 10,000 / 100,000 on the local control plane (kwok nodes).
+
+Sides, interleaved (the order rotates every repeat: A B C, B C A, C A B, ...):
+  operator   one ParallelWorkload of N subtasks, parallelism N, a fresh operator process
+  raw        the same N Jobs created by a minimal async client (the API server's own limit)
+  indexed    one Indexed Job of N completions (what Kubernetes does without one Job per subtask)
+
+Per run: seconds until all N objects exist (operator, raw), seconds to Complete, subtasks/s,
+API requests per subtask (the API server's apiserver_request_total, every client; and the
+operator's own apwa_api_requests_total), 429s, the operator's peak RSS and CPU seconds, the
+status' bytes, the bytes etcd holds (apiserver_storage_size_bytes) at the end, and the latency of
+`GET` of the workload (what `kubectl get pwl` does) sampled every 0.5 s during the run (p50, p99).
+Writes a CSV and a PNG (throughput against N, per side) to bench/results/; prints medians and
+spreads of the ratios operator/raw and operator/indexed.
+
+    eval "$(make -s cluster | tail -n 1)"
+    make bench-scale                              # N = 1000 x3, 10000 x3
+    .venv/bin/python bench/scale.py --n 1000 --n 10000 --n 100000 --repeats 3 --repeats-at-100k 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from apwa.kube.client import Kube, ns_path
+from operator_bench import REPO, free_port, indexed, namespace, peak_rss_mib, raw, spec, watch_jobs
+
+RESULTS = REPO / "bench" / "results"
+SIDES = ("operator", "raw", "indexed")
+WORKLOADS = "apwa.dev/v1alpha1"
+
+
+@dataclass
+class Run:
+    n: int
+    repeat: int
+    side: str
+    created_s: float = 0.0
+    complete_s: float = 0.0
+    subtasks_per_s: float = 0.0
+    api_requests_per_subtask: float = 0.0
+    operator_requests_per_subtask: float = 0.0
+    operator_429s: float = 0.0
+    operator_rss_mib: float = 0.0
+    operator_cpu_s: float = 0.0
+    status_bytes: int = 0
+    etcd_bytes: float = 0.0
+    get_p50_ms: float = 0.0
+    get_p99_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def apiserver_metrics(kube: Kube) -> str:
+    resp = await kube._client.get("/metrics")
+    resp.raise_for_status()
+    return resp.text
+
+
+def total(text: str, name: str, where: str = "") -> float:
+    """The sum of a metric's samples (whose labels contain `where`)."""
+    out = 0.0
+    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M):
+        if where in (m.group(1) or ""):
+            out += float(m.group(2))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Sampler:
+    """GETs one object every `every` seconds while the run lasts: the latency people see."""
+
+    def __init__(self, kube: Kube, path: str, every: float = 0.5) -> None:
+        self.kube, self.path, self.every = kube, path, every
+        self.samples: list[float] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await self.kube.get(self.path)
+            self.samples.append(time.perf_counter() - t)
+            await asyncio.sleep(self.every)
+
+    def __enter__(self) -> Sampler:
+        self.task = asyncio.create_task(self._loop())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
+    def percentile(self, q: float) -> float:
+        if not self.samples:
+            return 0.0
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def scrape(port: int) -> str:
+    import urllib.request
+
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+async def operator_side(kube: Kube, run: Run) -> None:
+    port = free_port()
+    log = open("/tmp/apwa-bench-scale-operator.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "apwa"), "operator", "--metrics-port", str(port), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        cwd=REPO,
+    )
+    try:
+        await _healthy(proc, port)
+        ns = await namespace(kube, "scale-op")
+        body = {"apiVersion": WORKLOADS, "kind": "ParallelWorkload", "metadata": {"name": "s"}, "spec": spec(run.n)}
+        path = ns_path(WORKLOADS, ns, "parallelworkloads", "s")
+        before_api, before_op = await apiserver_metrics(kube), scrape(port)
+        cpu0 = cpu_seconds(proc.pid)
+        started = time.perf_counter()
+        watcher = asyncio.create_task(watch_jobs(kube, ns, run.n, started, "apwa.dev/workload=s"))
+        with Sampler(kube, path) as sampler:
+            await kube.create(ns_path(WORKLOADS, ns, "parallelworkloads"), body)
+            run.created_s, _ = await watcher
+            status = await _complete(kube, path)
+            run.complete_s = time.perf_counter() - started
+        after_api, after_op = await apiserver_metrics(kube), scrape(port)
+        run.operator_cpu_s = cpu_seconds(proc.pid) - cpu0
+        run.operator_rss_mib = peak_rss_mib(proc.pid)
+        run.status_bytes = len(json.dumps(status, separators=(",", ":")))
+        run.get_p50_ms, run.get_p99_ms = sampler.percentile(0.5), sampler.percentile(0.99)
+        name = "apwa_api_requests_total"
+        run.operator_requests_per_subtask = (total(after_op, name) - total(before_op, name)) / run.n
+        run.operator_429s = total(after_op, "apwa_api_errors_total", 'code="429"') - total(
+            before_op, "apwa_api_errors_total", 'code="429"'
+        )
+        _api_figures(run, before_api, after_api)
+        await kube.delete(f"/api/v1/namespaces/{ns}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+        log.close()
+
+
+async def _healthy(proc: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            scrape(port)
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("operator did not start: /tmp/apwa-bench-scale-operator.log") from None
+            await asyncio.sleep(0.2)
+
+
+async def _complete(kube: Kube, path: str) -> dict[str, Any]:
+    while True:
+        w = await kube.get(path)
+        status = (w or {}).get("status") or {}
+        if any(c["type"] == "Complete" and c["status"] == "True" for c in status.get("conditions") or []):
+            return status
+        await asyncio.sleep(0.2)
+
+
+def _api_figures(run: Run, before: str, after: str) -> None:
+    run.api_requests_per_subtask = (
+        total(after, "apiserver_request_total") - total(before, "apiserver_request_total")
+    ) / run.n
+    run.etcd_bytes = total(after, "apiserver_storage_size_bytes")
+
+
+async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awaitable[Any]]) -> None:
+    before = await apiserver_metrics(kube)
+    out = await measure(kube, run.n)
+    after = await apiserver_metrics(kube)
+    if isinstance(out, tuple):
+        run.created_s, run.complete_s = out
+    else:
+        run.complete_s = out
+    _api_figures(run, before, after)
+
+
+async def one(kube: Kube, n: int, repeat: int, side: str) -> Run:
+    run = Run(n, repeat, side)
+    if side == "operator":
+        await operator_side(kube, run)
+    else:
+        await baseline_side(kube, run, raw if side == "raw" else indexed)
+    run.subtasks_per_s = n / run.complete_s
+    print(f"  N={n:>6} #{repeat} {side:<9} complete {run.complete_s:8.1f} s  {run.subtasks_per_s:7.1f}/s", flush=True)
+    return run
+
+
+def summary(runs: list[Run]) -> None:
+    print("\nratios of medians (spread: min..max of the per-repeat ratios)")
+    for n in sorted({r.n for r in runs}):
+        by = {s: [r for r in runs if r.n == n and r.side == s] for s in SIDES}
+        op = by["operator"]
+        for base in ("raw", "indexed"):
+            pairs = [
+                a.complete_s / b.complete_s for a, b in zip(op, by[base], strict=False)
+            ]  # same repeat: the sides ran back to back
+            if pairs:
+                print(
+                    f"N={n:>6} operator/{base:<8} Complete: median {statistics.median(pairs):.2f} "
+                    f"({min(pairs):.2f}..{max(pairs):.2f}, {len(pairs)} pairs)"
+                )
+        if op:
+            med = {
+                f.name: statistics.median(getattr(r, f.name) for r in op)
+                for f in fields(Run)
+                if f.name not in ("n", "repeat", "side", "extra")
+            }
+            print(
+                f"N={n:>6} operator: {med['subtasks_per_s']:.0f} subtasks/s, RSS {med['operator_rss_mib']:.0f} MiB, "
+                f"CPU {med['operator_cpu_s']:.0f} s, its requests/subtask {med['operator_requests_per_subtask']:.2f}, "
+                f"all requests/subtask {med['api_requests_per_subtask']:.1f}, 429s {med['operator_429s']:.0f}, "
+                f"status {med['status_bytes']:.0f} B, GET p50/p99 {med['get_p50_ms']:.0f}/{med['get_p99_ms']:.0f} ms, "
+                f"etcd {med['etcd_bytes'] / 2**20:.0f} MiB"
+            )
+
+
+def write(runs: list[Run], stamp: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"scale-{stamp}.csv"
+    names = [f.name for f in fields(Run) if f.name != "extra"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=names)
+        w.writeheader()
+        for r in runs:
+            w.writerow({k: v for k, v in asdict(r).items() if k in names})
+    return path
+
+
+def plot(runs: list[Run], stamp: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for side, marker in zip(SIDES, "osd", strict=True):
+        ns = sorted({r.n for r in runs if r.side == side})
+        med = [statistics.median(r.subtasks_per_s for r in runs if r.side == side and r.n == n) for n in ns]
+        lo = [min(r.subtasks_per_s for r in runs if r.side == side and r.n == n) for n in ns]
+        hi = [max(r.subtasks_per_s for r in runs if r.side == side and r.n == n) for n in ns]
+        ax.errorbar(
+            ns,
+            med,
+            yerr=[[m - a for m, a in zip(med, lo, strict=True)], [b - m for m, b in zip(med, hi, strict=True)]],
+            marker=marker,
+            capsize=3,
+            label=side,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("subtasks in one workload (N)")
+    ax.set_ylabel("subtasks completed per second (median, min..max)")
+    ax.set_title("APWA on kwok: throughput against N (same-run baselines)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    path = RESULTS / f"scale-{stamp}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    latest = RESULTS / "scale-latest.png"
+    fig.savefig(latest, dpi=110)
+    return path
+
+
+async def main_async(ns: list[int], repeats: int, repeats_at_100k: int) -> list[Run]:
+    subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True)
+    kube = Kube.from_config(concurrency=64)
+    runs: list[Run] = []
+    try:
+        for n in ns:
+            reps = repeats_at_100k if n >= 100_000 else repeats
+            for rep in range(reps):
+                order = SIDES[rep % 3 :] + SIDES[: rep % 3]
+                for side in order:
+                    runs.append(await one(kube, n, rep, side))
+    finally:
+        await kube.close()
+    return runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, action="append", help="subtasks (repeatable); default 1000 and 10000")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats-at-100k", type=int, default=1)
+    args = ap.parse_args()
+    if not os.environ.get("KUBECONFIG"):
+        sys.exit('set KUBECONFIG first: eval "$(make -s cluster | tail -n 1)"')
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs = asyncio.run(main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k))
+    summary(runs)
+    print(f"\nCSV: {write(runs, stamp)}\nplot: {plot(runs, stamp)}")
+
+
+if __name__ == "__main__":
+    main()
