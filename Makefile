@@ -60,8 +60,8 @@ crd: install
 example: install
 	$(BIN)/apwa run --local examples/wordcount.yaml
 
-## Build (or reuse) the control-plane binaries, helm, kubeconform, the S3 server and Kueue
-## (docs/kueue.md; tests/integration/test_kueue.py starts it with hack/kueue.sh).
+## Build (or reuse) the control-plane binaries, helm, kubeconform, the S3 server, Kueue
+## (docs/kueue.md; tests/integration/test_kueue.py starts it with hack/kueue.sh) and promtool (alert rule checks).
 testenv:
 	bash hack/testenv-build.sh
 	@# apwa watch is tested in a real terminal: tmux (tests/integration/test_cli_live.py).

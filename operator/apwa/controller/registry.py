@@ -73,8 +73,8 @@ class Registry:
 
     def stop(self, uid: str) -> None:
         runner = self.runners.pop(uid, None)
-        if runner and runner.task:
-            runner.task.cancel()
+        if runner:
+            runner.stop()
         self._gauge()
 
     async def stop_all(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from apwa import API_VERSION, PLURAL, metrics
 from apwa.api.models import ParallelWorkloadSpec
-from apwa.api.vocabulary import EventType, Reason, Role
+from apwa.api.vocabulary import FINISHED, EventType, Phase, Reason, Role
 from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
 from apwa.controller import kueue
@@ -137,6 +137,11 @@ class WorkloadRunner:
         self.task: asyncio.Task[None] | None = None
         self.releaser = PodReleaser(kube)
         self.leftovers_released = False  # a finished workload's pods: listed once per operator run
+        # For the per-workload metrics: progress since this operator started (a restart starts
+        # the clock again), and the failures the spec tolerates, known once planned.
+        self.progress_at = time.time()
+        self.failure_budget: int | None = None
+        self.stopped = False
 
     # ---- events from the shared watches ------------------------------------------------------
     def _recorded(self) -> Container[int]:
@@ -169,9 +174,21 @@ class WorkloadRunner:
         finally:
             self.creations.cancel()
 
+    def stop(self) -> None:
+        """The workload is gone: end the loop and drop its series.
+
+        The flag, not only the cancellation: on Python 3.11 asyncio.wait_for can swallow a
+        cancellation that arrives as its awaitable completes (a wake at the moment of the delete),
+        and the loop would then go on and publish the series again.
+        """
+        self.stopped = True
+        if self.task:
+            self.task.cancel()
+        metrics.forget_workload(self.namespace, self.name)
+
     async def _loop(self) -> None:
         delay = 0.0
-        while True:
+        while not self.stopped:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
             await asyncio.sleep(MIN_STEP_INTERVAL)  # rate limit, not synchronisation: see above
@@ -189,6 +206,26 @@ class WorkloadRunner:
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
                 delay = ERROR_RETRY_SECONDS
+            if not self.stopped:
+                self.publish_metrics()  # after a stall too: a stalled workload's progress time stays put
+
+    def progressed(self) -> None:
+        self.progress_at = time.time()
+
+    def publish_metrics(self) -> None:
+        """This workload's series: none once finished; no progress time while suspended."""
+        phase = self.status.get("phase")
+        if phase in FINISHED:
+            metrics.forget_workload(self.namespace, self.name)
+            return
+        planned = self.planned
+        metrics.publish_workload(
+            self.namespace,
+            self.name,
+            progress_at=None if phase == Phase.SUSPENDED else self.progress_at,
+            failed=planned.outcomes.failed if planned else None,
+            budget=self.failure_budget if planned else None,
+        )
 
     @property
     def owner(self) -> Owner:
@@ -217,6 +254,7 @@ class WorkloadRunner:
                 return await self._execute(finished(spec, self.status, self.generation, now), spec)
             self._reopen()
         planned = self.planned or await self._plan(spec)
+        self.failure_budget = spec.failure.allowed(len(planned.subtasks))
         if not self.seeded:
             await self._seed(planned)
         if not self.netpol_done:
@@ -293,6 +331,8 @@ class WorkloadRunner:
             self.planned.store.add(replace(o, usage=spent) if earlier and earlier.usage else o)
             (metrics.SUBTASKS_SUCCEEDED if o.succeeded else metrics.SUBTASKS_FAILED).inc()
             metrics.count_usage(self.namespace, self.name, self.model, o.usage)
+        if outcomes:
+            self.progressed()
         await self.planned.store.flush()
 
     async def _reset(self, resets: tuple[Reset, ...]) -> None:
@@ -369,6 +409,7 @@ class WorkloadRunner:
             metrics.JOB_CREATE_SECONDS.observe(time.perf_counter() - started)
             if created:
                 metrics.SUBTASKS_CREATED.inc()
+                self.progressed()
                 self.children.jobs.setdefault(s.index, JobState.from_body(body))
             elif s.index not in self.children.jobs:
                 existing = await self.kube.get(f"{path}/{job['metadata']['name']}")
@@ -411,6 +452,7 @@ class WorkloadRunner:
         if not self.settings.pod_finalizer:
             without_result_finalizer(job)
         await self.kube.create(self._path("jobs", "batch/v1"), job)
+        self.progressed()
         self.children.reduce_job = self.children.reduce_job or JobState(name=job["metadata"]["name"])
 
     async def _write(self, status: dict[str, Any], final: bool) -> float:
@@ -418,6 +460,8 @@ class WorkloadRunner:
         wake, now_status = await self.writer.write(status, final, cleared)
         if now_status is None:
             return wake
+        if now_status.get("phase") != self.status.get("phase"):
+            self.progressed()
         self.body = {**self.body, "status": now_status}
         if is_finished(status):
             # Finished: the status holds what is left to know; free the plan and the indexes
@@ -454,6 +498,7 @@ class WorkloadRunner:
             chunks = ConfigMapChunks(self.kube, self.owner)
         self.planned = Planned(subtasks, Aggregate(total=len(subtasks)), ResultStore(chunks, len(subtasks)))
         self.stall_backoff = FIRST_STALL_BACKOFF
+        self.progressed()
         self.events.append(PostEvent(EventType.NORMAL, Reason.PLANNED, f"decomposed into {len(subtasks)} subtasks"))
         return self.planned
 
