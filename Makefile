@@ -60,9 +60,13 @@ crd: install
 example: install
 	$(BIN)/apwa run --local examples/wordcount.yaml
 
-## Build (or reuse) the control-plane binaries, helm and kubeconform.
+## Build (or reuse) the control-plane binaries, helm, kubeconform, the S3 server, Kueue
+## (docs/kueue.md; tests/integration/test_kueue.py starts it with hack/kueue.sh) and promtool (alert rule checks).
 testenv:
 	bash hack/testenv-build.sh
+	@# apwa watch is tested in a real terminal: tmux (tests/integration/test_cli_live.py).
+	@command -v tmux >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q tmux; } || \
+	  echo "tmux could not be installed: the terminal test of apwa watch will be skipped" >&2
 
 ## What the real node needs beyond the control plane: the images (pause, worker, operator,
 ## CoreDNS) and the NetworkPolicy engine, built here and cached.

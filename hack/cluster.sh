@@ -60,6 +60,8 @@ export_line() {
   printf 'export KUBECONFIG=%q PATH=%q:$PATH %s\n' "$kc" "$bin" "${s3#export }"
 }
 s3() { bash "$here/hack/s3.sh" "$@" 9>&-; }
+# Kueue is started on demand (hack/kueue.sh start, by the tests that use it); stopped with the cluster.
+kueue_stop() { APWA_CLUSTER_NAME="$name" bash "$here/hack/kueue.sh" stop 9>&-; }
 kctl() { "$bin/kubectl" --kubeconfig "$kc" --request-timeout=10s "$@"; }
 
 # Poll "$@" until it succeeds or $1 seconds pass.
@@ -155,6 +157,7 @@ healthy() {
 }
 
 kwokctl_delete() {
+  kueue_stop || log "stopping Kueue failed (continuing)"
   s3 stop || log "stopping the S3 server failed (continuing)" # its data lives in $cdir/s3
   if [ -x "$bin/kwokctl" ] && [ -d "$cdir" ]; then
     "$bin/kwokctl" --name "$name" delete cluster --kubeconfig "$kc" >&2 || log "kwokctl delete failed (continuing)"
@@ -184,6 +187,7 @@ cmd_down() {
     KUBECTL="$bin/kubectl" APWA_BIN="$bin" bash "$here/hack/realnode.sh" down || log "real node cleanup failed (continuing)"
   fi
   if ! exists && ! leftovers; then
+    kueue_stop || log "stopping Kueue failed (continuing)"
     s3 stop || log "stopping the S3 server failed (continuing)"
     log "cluster $name is not running"
     rm -rf "$cdir" # at most an S3 server's state (started without a cluster)

@@ -3,7 +3,10 @@
 # kubectl, etcd, and kubelet + kube-proxy for the real node, kwok, kwokctl) and the chart tools (helm, kubeconform) from Go modules only,
 # into a versioned cache directory outside the repo. A no-op when the binaries are there.
 # Prints the bin directory on its last line. Also builds the S3 server (versitygw, hack/s3.sh) into
-# its own versioned directory, $APWA_CACHE_DIR/s3-versitygw-<version>/bin.
+# its own versioned directory, $APWA_CACHE_DIR/s3-versitygw-<version>/bin, Kueue (hack/kueue.sh)
+# with its CRDs into $APWA_CACHE_DIR/kueue-<version>/{bin,crds}, and promtool (the alert rules'
+# checker and unit-test runner) into $APWA_CACHE_DIR/promtool-<version>/bin, the directory
+# `testenv-build.sh promtool` prints.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../testenv/versions.env
@@ -111,10 +114,49 @@ build_versitygw() {
   mv "$out.tmp" "$out"
 }
 
+# Kueue (hack/kueue.sh runs it; same path formula there): the manager binary, and the release's
+# CRDs copied out of the module so that starting it needs no Go toolchain. sigs.k8s.io/kueue has
+# no replace directives, so a plain wrapper module (testenv/go/kueue) builds it.
+build_kueue() {
+  local dir="$cache/kueue-$KUEUE_VERSION"
+  [ -x "$dir/bin/kueue" ] && [ -f "$dir/crds/.complete" ] && return 0
+  init_simple_module kueue "" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  log "building kueue $KUEUE_VERSION (about 4 min of CPU on 2 cores with a cold Go cache)"
+  mkdir -p "$dir/bin" "$dir/crds"
+  (cd "$mods/kueue" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+      -o "$dir/bin/kueue.tmp" sigs.k8s.io/kueue/cmd/kueue)
+  mv "$dir/bin/kueue.tmp" "$dir/bin/kueue"
+  local src
+  src=$(cd "$mods/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+  cp "$src"/config/components/crd/bases/*.yaml "$dir/crds/"
+  chmod u+w "$dir"/crds/*.yaml
+  touch "$dir/crds/.complete"
+}
+
+# promtool, for the chart's alert rules (tests/integration/test_monitoring.py). Prometheus's
+# module has no replace directives, so a plain wrapper module works. The tag remove_all_sd leaves
+# out the service discovery plugins (every cloud SDK), which rule checks and rule unit tests never
+# use: without it the cold build had not finished after 20 minutes here; with it, cold (empty Go
+# module and build caches) 7m20s and 9m35s wall on 2 cores shared with other builds (load 10-17),
+# 4m45s and 4m16s of CPU, downloads included: about 3 minutes on 2 idle cores.
+promtool_bin="$cache/promtool-$PROMETHEUS_VERSION/bin"
+build_promtool() {
+  [ -x "$promtool_bin/promtool" ] && return 0
+  init_simple_module promtool "" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  log "building promtool (prometheus module $PROMETHEUS_VERSION)"
+  mkdir -p "$promtool_bin"
+  # Module v0.3MM.P is Prometheus 3.MM.P: `promtool --version` says so.
+  local ld="-X github.com/prometheus/common/version.Version=3.${PROMETHEUS_VERSION#v0.3}"
+  (cd "$mods/promtool" && go build -tags remove_all_sd -trimpath -ldflags "-s -w $ld" -o "$promtool_bin/promtool.tmp" \
+      github.com/prometheus/prometheus/cmd/promtool)
+  mv "$promtool_bin/promtool.tmp" "$promtool_bin/promtool"
+}
+
 what=${1:-all}
 case "$what" in
-  all) build_etcd; build_kwok; build_helm; build_kubeconform; build_versitygw; build_kube ;;
-  kube|etcd|kwok|helm|kubeconform|versitygw) "build_$what" ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm|kubeconform|versitygw]" >&2; exit 2 ;;
+  all) build_etcd; build_kwok; build_helm; build_kubeconform; build_versitygw; build_kueue; build_promtool; build_kube ;;
+  promtool) build_promtool; echo "$promtool_bin"; exit 0 ;;
+  kube|etcd|kwok|helm|kubeconform|versitygw|kueue) "build_$what" ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|kubeconform|versitygw|kueue|promtool]" >&2; exit 2 ;;
 esac
 echo "$bin"

@@ -76,9 +76,22 @@ def image_archives() -> dict[str, Path]:
     return {name: Path(rest[0]) for name, _, *rest in _images()}
 
 
+def attach(kubeconfig: str) -> RealNode:
+    """The real node another checkout brought up, used as it is: nothing is started, rebuilt or
+    loaded (its cluster may run other people's tests), so only images already on the node work."""
+    export = run(["bash", str(ROOT / "hack" / "cluster.sh"), "env"], env={"APWA_CLUSTER_NAME": "apwa"})
+    words = dict(w.split("=", 1) for w in shlex.split(export.strip().splitlines()[-1])[1:])
+    node = RealNode(kubeconfig=kubeconfig, bin_dir=words["PATH"].removesuffix(":$PATH"))
+    node.images = image_refs()
+    return node
+
+
 def bring_up() -> RealNode:
     """`APWA_REAL_NODE=1 hack/cluster.sh up`: the control plane, the real node and its images (all
-    cached and idempotent). Raises with the script's output when it fails: never a skip."""
+    cached and idempotent). Raises with the script's output when it fails: never a skip.
+    APWA_REAL_NODE_ATTACH=<kubeconfig> uses a running one as it is instead (`attach`)."""
+    if os.environ.get("APWA_REAL_NODE_ATTACH"):
+        return attach(os.environ["APWA_REAL_NODE_ATTACH"])
     proc = subprocess.run(
         ["bash", str(ROOT / "hack" / "cluster.sh"), "up"],
         cwd=ROOT,

@@ -1,4 +1,5 @@
-"""The `apwa` command: crd | validate | plan | run --local | operator."""
+"""The `apwa` command: crd | validate | plan | run --local | results | operator, and the live
+commands against a cluster (get | watch | describe | logs | retry, cli_live.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import yaml
 from apwa import __version__
 from apwa.api.models import ParallelWorkload
 from apwa.api.vocabulary import Phase, Role
+from apwa.cli_live import LiveError
+from apwa.cli_live import register as register_live
 from apwa.common.messages import no_key
 from apwa.manifest import ManifestError, Manifests, load
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask, plan
@@ -253,7 +256,8 @@ def _config_map_rows(api: Any, namespace: str, name: str, ref: dict[str, Any]) -
             raise CliError(f"reading ConfigMap {cm_name}: the API server answered {e.status}: {e.reason}") from None
         entries = json.loads(read_payload(api.sanitize_for_serialization(cm)) or b"{}").get("outcomes", {})
         for i in sorted(entries, key=int):
-            yield _row(int(i), entries[i])
+            if "retry" not in entries[i]:  # a subtask a retry runs again: no outcome yet
+                yield _row(int(i), entries[i])
 
 
 def _stored_rows(api: Any, namespace: str, workload: dict[str, Any], ref: dict[str, Any], *, resolve: bool) -> Any:
@@ -287,6 +291,8 @@ def _stored_rows(api: Any, namespace: str, workload: dict[str, Any], ref: dict[s
             raw = loop.run_until_complete(bucket.get(key))
             entries = json.loads(raw).get("outcomes", {}) if raw else {}
             for i in sorted(entries, key=int):
+                if "retry" in entries[i]:  # a subtask a retry runs again: no outcome yet
+                    continue
                 row = _row(int(i), entries[i])
                 if resolve and "stored" in row:
                     data = loop.run_until_complete(bucket.get(row["stored"]["key"]))
@@ -347,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.set_defaults(func=cmd_results)
 
+    register_live(sub)
+
     o = sub.add_parser("operator", help="run the operator against the current kubeconfig or in cluster")
     o.add_argument(
         "--namespace",
@@ -392,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     except (PlanningError, RenderError) as e:
         print(f"error: {e}", file=sys.stderr)
-    except CliError as e:
+    except (CliError, LiveError) as e:
         print(f"error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         print("\ninterrupted: every subtask process was stopped", file=sys.stderr)

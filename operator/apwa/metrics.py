@@ -10,6 +10,7 @@ WORKLOADS = Gauge("apwa_workloads", "ParallelWorkloads known to this operator, b
 SUBTASKS_CREATED = Counter("apwa_subtasks_created_total", "Subtask Jobs created")
 SUBTASKS_SUCCEEDED = Counter("apwa_subtasks_succeeded_total", "Subtasks that succeeded")
 SUBTASKS_FAILED = Counter("apwa_subtasks_failed_total", "Subtasks that failed")
+SUBTASKS_RETRIED = Counter("apwa_subtasks_retried_total", "Failed subtasks a retry (spec.retry) ran again")
 JOB_CREATE_SECONDS = Histogram(
     "apwa_job_create_seconds",
     "Latency of one Job creation request, retries included",
@@ -46,7 +47,8 @@ KOPF_RESTARTS = Counter("apwa_kopf_restarts_total", "Times kopf stopped on an er
 # What the agents spent (docs/agents.md, "Usage"): counted when a subtask's outcome is recorded
 # (and the reduce's when the workload finishes), from the same envelopes as status.usage. One
 # series per workload and model: removed when the workload is deleted, so they don't pile up.
-_AGENT_LABELS = ["namespace", "workload", "model"]
+# workload_namespace, not namespace: see WORKLOAD_LABELS below.
+_AGENT_LABELS = ["workload_namespace", "workload", "model"]
 AGENT_TOKENS = Counter("apwa_agent_tokens_total", "Tokens the model server reported, by kind", [*_AGENT_LABELS, "kind"])
 AGENT_REQUESTS = Counter("apwa_agent_requests_total", "Model requests the agents made, retries included", _AGENT_LABELS)
 AGENT_RETRIES = Counter("apwa_agent_retries_total", "Model requests that repeated one (429, 5xx)", _AGENT_LABELS)
@@ -75,3 +77,47 @@ def forget_usage(namespace: str, workload: str, model: str) -> None:
     for counter in (AGENT_REQUESTS, AGENT_RETRIES, AGENT_MODEL_SECONDS):
         with contextlib.suppress(KeyError):
             counter.remove(*labels)
+
+
+# Per-workload series, for the alerts of docs/monitoring.md. Labelled by the workload's namespace
+# and name (workload_namespace, not namespace: scraping through the chart's ServiceMonitor, Prometheus
+# sets `namespace` to the operator pod's and renames a series' own to exported_namespace), and
+# present only while the workload is in progress: a
+# workload that finishes or is deleted loses its series, so their number is bounded by the
+# workloads running at once, never by history.
+WORKLOAD_LABELS = ["workload_namespace", "workload"]
+WORKLOAD_LAST_PROGRESS = Gauge(
+    "apwa_workload_last_progress_timestamp_seconds",
+    "Unix time of the workload's last progress (planned, a Job created, a subtask finished, a phase "
+    "changed); absent while suspended",
+    WORKLOAD_LABELS,
+)
+WORKLOAD_FAILED = Gauge("apwa_workload_failed_subtasks", "Subtasks of the workload that failed", WORKLOAD_LABELS)
+WORKLOAD_FAILURE_BUDGET = Gauge(
+    "apwa_workload_failure_budget_subtasks",
+    "Failed subtasks the workload tolerates (spec.failurePolicy); one more fails it",
+    WORKLOAD_LABELS,
+)
+
+
+def _set_or_drop(gauge: Gauge, labels: tuple[str, str], value: float | None) -> None:
+    if value is not None:
+        gauge.labels(*labels).set(value)
+        return
+    with contextlib.suppress(KeyError):  # never set: nothing to remove
+        gauge.remove(*labels)
+
+
+def publish_workload(
+    namespace: str, name: str, *, progress_at: float | None, failed: int | None, budget: int | None
+) -> None:
+    """Set one workload's series; None drops that series (not known yet, or not meaningful)."""
+    labels = (namespace, name)
+    _set_or_drop(WORKLOAD_LAST_PROGRESS, labels, progress_at)
+    _set_or_drop(WORKLOAD_FAILED, labels, failed)
+    _set_or_drop(WORKLOAD_FAILURE_BUDGET, labels, budget)
+
+
+def forget_workload(namespace: str, name: str) -> None:
+    """Drop every series of one workload (it finished or was deleted)."""
+    publish_workload(namespace, name, progress_at=None, failed=None, budget=None)

@@ -101,7 +101,8 @@ def conditions(
     ]
 
 
-def counts(total: int, active: int, agg: Tallied | None) -> dict[str, int]:
+def counts(total: int, active: int, agg: Tallied | None, awaiting_admission: int = 0) -> dict[str, int]:
+    """`active` excludes the Jobs awaiting admission by Kueue: those count as pending (and apart)."""
     succeeded = agg.succeeded if agg else 0
     failed = agg.failed if agg else 0
     return {
@@ -110,6 +111,7 @@ def counts(total: int, active: int, agg: Tallied | None) -> dict[str, int]:
         "active": active,
         "succeeded": succeeded,
         "failed": failed,
+        "awaitingAdmission": awaiting_admission,
     }
 
 
@@ -122,18 +124,21 @@ def build(
     total: int,
     active: int,
     agg: Tallied | None,
+    awaiting_admission: int = 0,
     previous: dict[str, Any] | None = None,
     stalled: bool = False,
     start_time: str | None = None,
     completion_time: str | None = None,
     result: Any = None,
     results_ref: dict[str, Any] | None = None,
+    retry: dict[str, Any] | None = None,
     usage: dict[str, Any] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
+    """The whole status. `retry` (status.retry) is carried over from `previous` unless given."""
     previous = previous or {}
     usage = usage if usage is not None else previous.get("usage")  # spent stays spent (e.g. while stalled)
-    c = counts(total, active, agg)
+    c = counts(total, active, agg, awaiting_admission)
     status: dict[str, Any] = {
         "phase": str(phase),
         "progress": f"{c['succeeded']}/{total}",
@@ -161,6 +166,9 @@ def build(
         status["result"] = result
     if results_ref:
         status["resultsRef"] = results_ref
+    retry = retry if retry is not None else previous.get("retry")
+    if retry:
+        status["retry"] = retry
     if usage:
         status["usage"] = usage
     status["conditions"] = status.pop("conditions")  # last: the long part of `kubectl get -o yaml`

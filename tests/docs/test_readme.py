@@ -32,6 +32,7 @@ RULES: list[tuple[str, str | None]] = [
     (r'eval "\$\(make -s cluster( REAL_NODE=1)? \| tail -n 1\)"$', "starts a cluster (tests/integration)"),
     (r"make cluster-down$", "a cluster"),
     (r"\.venv/bin/apwa operator &$", "a cluster"),
+    (r"\.venv/bin/apwa (get|watch|describe|logs|retry) ", "a cluster (tests/integration/test_cli_live.py)"),
     (r"kubectl ", "a cluster"),
     (r"helm (install|upgrade) ", "a cluster and the images loaded into it"),
     (r"sed .* \| kubectl ", "a cluster"),

@@ -58,7 +58,7 @@ def test_usage_is_summed_exactly_over_a_thousand_subtasks(w: Workloads, operator
         "reports": n,
         "estimatedCost": f"{(prompt * 0.5 + completion * 2) / 1000:.4f} EUR",
     }
-    labels = {"namespace": w.ns, "workload": "usage", "model": "stub-7b"}
+    labels = {"workload_namespace": w.ns, "workload": "usage", "model": "stub-7b"}
     metrics = operator.metrics()
     assert counter(metrics, "apwa_agent_tokens_total", **labels, kind="prompt") == prompt
     assert counter(metrics, "apwa_agent_tokens_total", **labels, kind="completion") == completion

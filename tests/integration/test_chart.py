@@ -4,13 +4,16 @@ Validation has two independent layers, both without the internet:
 
 * kubeconform -strict, with JSON schemas generated here from the local API server's own OpenAPI
   document (built-in kinds, same Kubernetes version as testenv/versions.env), from the chart's
-  CRD (ParallelWorkload, used to validate examples/), and from a minimal ServiceMonitor schema
-  (prometheus-operator's CRD is not available offline; see SERVICEMONITOR_SCHEMA). kubeconform's
+  CRD (ParallelWorkload, used to validate examples/), and from minimal ServiceMonitor and
+  PrometheusRule schemas (prometheus-operator's CRDs are not available offline; see
+  SERVICEMONITOR_SCHEMA, PROMETHEUSRULE_SCHEMA; promtool checks the rules themselves in
+  test_monitoring.py). kubeconform's
   default schema location is on the internet, so it is never used.
 * `kubectl apply --dry-run=server --validate=strict` against the local control plane: the API
   server's own validation, defaulting and admission, for every built-in object and the CRD.
   The ServiceMonitor is validated server side only where its CRD is installed (skipped, with the
-  reason, otherwise).
+  reason, otherwise); the PrometheusRule never is (no server-side check of it here). The dashboard
+  ConfigMap is a built-in kind: both layers validate it.
 
 The helm and kubeconform binaries come from hack/testenv-build.sh (built once into the cache).
 """
@@ -35,6 +38,9 @@ from kubernetes.client.exceptions import ApiException
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "apwa"
 SERVICEMONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+PROMETHEUSRULE_API = "monitoring.coreos.com/v1/PrometheusRule"
+# prometheus-operator's kinds: no CRD in the local cluster, so no server-side dry run for them.
+MONITORING_KINDS = ("ServiceMonitor", "PrometheusRule")
 
 # Rendering cases. {ns} is the case's release namespace, {a} and {b} two more namespaces; all are
 # created by the test so that the server-side dry run has somewhere to put namespaced objects.
@@ -42,6 +48,25 @@ CASES: dict[str, list[str]] = {
     "default": [],
     "namespaced": ["--set", "watchNamespaces={{{a},{b}}}"],
     "monitoring": ["--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.labels.release=prometheus"],
+    "dashboard": ["--set", "grafanaDashboard.enabled=true"],
+    "alerting": [
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.labels.release=prometheus",
+        "--set",
+        "prometheusRule.alertLabels.team=batch",
+        "--set",
+        "prometheusRule.rules.apiErrors.enabled=false",
+        "--set",
+        "prometheusRule.rules.workloadStalled.minutes=45",
+        "--set",
+        "grafanaDashboard.enabled=true",
+        "--set",
+        "grafanaDashboard.namespace={a}",
+        "--set",
+        "grafanaDashboard.annotations.grafana_folder=Batch",
+    ],
     "image": [
         "--set",
         "image.repository=registry.example.com/team/apwa-operator",
@@ -93,10 +118,18 @@ def run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 def helm_template(tools: Path, release: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    # --kube-version pins the capabilities to the version the test cluster runs; the ServiceMonitor
-    # API is declared because `helm template` has no cluster to ask.
+    # --kube-version pins the capabilities to the version the test cluster runs; prometheus-operator's
+    # APIs are declared because `helm template` has no cluster to ask.
     cmd = [str(tools / "helm"), "template", release, str(CHART), "--namespace", namespace]
-    cmd += ["--kube-version", kube_version(), "--api-versions", SERVICEMONITOR_API, *args]
+    cmd += [
+        "--kube-version",
+        kube_version(),
+        "--api-versions",
+        SERVICEMONITOR_API,
+        "--api-versions",
+        PROMETHEUSRULE_API,
+    ]
+    cmd += args
     return run(cmd)
 
 
@@ -142,9 +175,10 @@ def test_chart_crd_is_the_generated_crd() -> None:
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (REPO / "crds").iterdir())
 
 
-@pytest.mark.parametrize("case", ["default", "namespaced", "image", "tuned"])
+@pytest.mark.parametrize("case", ["default", "namespaced", "image", "tuned", "dashboard"])
 def test_helm_lint_strict(tools: Path, case: str) -> None:
-    # helm lint cannot declare extra APIs, so the ServiceMonitor case is rendered (below) instead.
+    # helm lint cannot declare extra APIs, so the ServiceMonitor and PrometheusRule cases are
+    # rendered (below) instead.
     args = [a.format(ns="apwa-system", a="team-a", b="team-b") for a in CASES[case]]
     proc = run([str(tools / "helm"), "lint", "--strict", str(CHART), "--kube-version", kube_version(), *args])
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -163,6 +197,11 @@ def test_helm_lint_strict(tools: Path, case: str) -> None:
         (["--set", "metrics.port=70000"], "port"),
         (["--set", "operator.logLevel=loud"], "logLevel"),
         (["--set", "serviceMonitor.interval=soon"], "interval"),
+        (["--set", "prometheusRule.rules.failureRatio.ratio=2"], "ratio"),
+        (["--set", "prometheusRule.rules.workloadStalled.minutes=0"], "minutes"),
+        (["--set", "prometheusRule.rules.operatorDown.severity=Page Me"], "severity"),
+        (["--set", "prometheusRule.rules.apiErrors.threshold=1"], "additional properties 'threshold' not allowed"),
+        (["--set", "grafanaDashboard.label=grafana dashboard"], "label"),
     ],
 )
 def test_values_schema_rejects_bad_values(tools: Path, setting: list[str], complaint: str) -> None:
@@ -178,6 +217,12 @@ def test_servicemonitor_needs_its_api(tools: Path) -> None:
     assert proc.returncode != 0 and "needs the ServiceMonitor CRD" in proc.stderr, proc.stderr
     proc = run([*cmd, "--set", "serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"])
     assert proc.returncode != 0 and "needs metrics.service.enabled" in proc.stderr, proc.stderr
+
+
+def test_prometheusrule_needs_its_api(tools: Path) -> None:
+    cmd = [str(tools / "helm"), "template", "apwa", str(CHART), "--kube-version", kube_version()]
+    proc = run([*cmd, "--set", "prometheusRule.enabled=true"])
+    assert proc.returncode != 0 and "needs the PrometheusRule CRD" in proc.stderr, proc.stderr
 
 
 def test_default_rendering(tools: Path) -> None:
@@ -259,6 +304,9 @@ def test_non_default_renderings(tools: Path) -> None:
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
     assert [e["port"] for e in sm["spec"]["endpoints"]] == [p["name"] for p in svc["spec"]["ports"]]
 
+    docs = render(tools, "alerting", names)
+    check_alerting(docs)
+
     docs = render(tools, "image", names)
     c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "registry.example.com/team/apwa-operator:1.2.3" and c["imagePullPolicy"] == "Always"
@@ -283,6 +331,41 @@ def test_non_default_renderings(tools: Path) -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["serviceAccountName"] == "robot" == one(docs, "ServiceAccount")["metadata"]["name"]
     assert one(docs, "ClusterRoleBinding")["subjects"][0]["name"] == "robot"
+
+
+def check_alerting(docs: list[dict[str, Any]]) -> None:
+    """The dashboard ConfigMap and the rules of the "alerting" case (release apwa in ops)."""
+    cm = one(docs, "ConfigMap")
+    assert cm["metadata"]["namespace"] == "team-a"  # grafanaDashboard.namespace
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Batch"}
+    # The file as it is, so a hand import and the sidecar show the same dashboard.
+    assert json.loads(cm["data"]["apwa.json"]) == json.loads((CHART / "dashboards" / "apwa.json").read_text())
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "ops" and rule["metadata"]["labels"]["release"] == "prometheus"
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    # apiErrors is switched off in this case; the others are on by default.
+    assert sorted(alerts) == [
+        "APWAOperatorDown",
+        "APWASubtaskFailureRatioHigh",
+        "APWAWorkloadFailureBudgetNearlySpent",
+        "APWAWorkloadStalled",
+    ]
+    assert alerts["APWAWorkloadStalled"]["expr"].endswith("> 2700")  # 45 minutes
+    for r in alerts.values():
+        # Each expression selects this release's operator as its ServiceMonitor labels it.
+        assert 'job="apwa-metrics",namespace="ops"' in r["expr"], r["expr"]
+        assert r["labels"]["team"] == "batch" and r["labels"]["severity"] in ("critical", "warning")
+        assert r["annotations"]["runbook_url"].endswith("monitoring.md#" + r["alert"].lower())
+
+
+def test_dashboard_label_is_configurable(tools: Path) -> None:
+    args = ["--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.label=dashboards"]
+    proc = helm_template(tools, "apwa", "ops", *args, "--set", "grafanaDashboard.labelValue=apwa")
+    assert proc.returncode == 0, proc.stderr
+    cm = one([d for d in yaml.safe_load_all(proc.stdout) if d], "ConfigMap")
+    assert cm["metadata"]["labels"]["dashboards"] == "apwa" and "grafana_dashboard" not in cm["metadata"]["labels"]
 
 
 def test_notes_tell_what_to_do_next(cluster: Cluster, tools: Path) -> None:
@@ -344,6 +427,60 @@ SERVICEMONITOR_SCHEMA: dict[str, Any] = {
                             "interval": _DURATION,
                             "scrapeTimeout": _DURATION,
                             "honorLabels": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+# The same for PrometheusRule: prometheus-operator's rule group and rule fields, strict and typed
+# (expr is a string or a number upstream: int-or-string; `for` is a Prometheus duration).
+_PROM_DURATION = {
+    "type": "string",
+    "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUSRULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["spec"],
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _PROM_DURATION,
+                            "query_offset": _PROM_DURATION,
+                            "limit": {"type": "integer"},
+                            "labels": _STRING_MAP,
+                            "partial_response_strategy": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "properties": {
+                                        "record": {"type": "string"},
+                                        "alert": {"type": "string"},
+                                        "expr": {"x-kubernetes-int-or-string": True},
+                                        "for": _PROM_DURATION,
+                                        "keep_firing_for": _PROM_DURATION,
+                                        "labels": _STRING_MAP,
+                                        "annotations": _STRING_MAP,
+                                    },
+                                },
+                            },
                         },
                     },
                 },
@@ -442,6 +579,7 @@ def schema_dir(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Pa
     assert builtin_schemas(json.loads(raw), out) > 50
     crd_schemas(yaml.safe_load((CHART / "crds" / "apwa.dev_parallelworkloads.yaml").read_text()), out)
     write_schema(out, "monitoring.coreos.com/v1", "ServiceMonitor", strict(SERVICEMONITOR_SCHEMA))
+    write_schema(out, "monitoring.coreos.com/v1", "PrometheusRule", strict(PROMETHEUSRULE_SCHEMA))
     return out
 
 
@@ -480,6 +618,13 @@ def test_kubeconform_catches_mistakes(tools: Path, schema_dir: Path) -> None:
     s = copy.deepcopy(sm)
     s["spec"]["endpoints"][0]["intervall"] = "30s"
     broken.append(s)
+    rule = one(render(tools, "alerting", {"ns": "ops", "a": "team-a", "b": "team-b"}), "PrometheusRule")
+    r = copy.deepcopy(rule)
+    r["spec"]["groups"][0]["rules"][0]["for"] = "five minutes"  # not a duration
+    broken.append(r)
+    r = copy.deepcopy(rule)
+    r["spec"]["groups"][0]["rules"][0]["annotation"] = {}  # misspelt field
+    broken.append(r)
     pwl = yaml.safe_load((REPO / "examples" / "range.yaml").read_text())
     pwl["spec"]["paralelism"] = 3
     broken.append(pwl)
@@ -517,7 +662,7 @@ SERVER_DRY_RUN = [
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_server_side_dry_run(tools: Path, names: dict[str, str], case: str) -> None:
     docs = render(tools, case, names)
-    built_in = [d for d in docs if d["kind"] != "ServiceMonitor"]
+    built_in = [d for d in docs if d["kind"] not in MONITORING_KINDS]
     proc = run([*SERVER_DRY_RUN, "-f", "-"], stdin=yaml.safe_dump_all(built_in))
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr, proc.stderr  # e.g. unknown or deprecated fields

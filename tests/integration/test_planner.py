@@ -104,7 +104,14 @@ def test_openai_planned_workload_runs_end_to_end(
     done = w.wait_condition("llm", "Complete")
     status = done["status"]
     assert status["phase"] == "Succeeded"
-    assert status["counts"] == {"total": 4, "pending": 0, "active": 0, "succeeded": 4, "failed": 0}
+    assert status["counts"] == {
+        "total": 4,
+        "pending": 0,
+        "active": 0,
+        "succeeded": 4,
+        "failed": 0,
+        "awaitingAdmission": 0,
+    }
     assert_results(w, "llm", ITEMS)
     jobs = {j.metadata.name: j for j in w.jobs("llm")}
     assert sorted(jobs) == [f"llm-{i}" for i in range(4)]

@@ -68,7 +68,11 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("networking.k8s.io", "networkpolicies"): {"create"},
     # Events on the workload, the operator's (_event) and kopf's (warnings and handler errors).
     ("", "events"): {"create"},
+    # rbac.kueue (default true): spec.suspend of a Kueue-queued workload (controller/kueue.py) lists
+    # the Kueue Workloads of its Jobs and patches their spec.active.
+    ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
 }
+KUEUE_RULE = ("kueue.x-k8s.io", "workloads")
 # Only with rbac.plannerSecretNames: get on exactly those Secrets (planner API keys,
 # controller.dynamic._api_key), restricted by resourceNames.
 PLANNER_SECRET_RULE = ("", "secrets")
@@ -171,6 +175,19 @@ def test_rules_namespaced_are_exactly_what_the_code_uses(helm: str) -> None:
     assert rules_of(discovery) == {**NAMESPACE_DISCOVERY, **CRD_DISCOVERY}
     for verbs in rules_of(discovery).values():
         assert verbs <= {"get", "list", "watch"}
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_rules_without_kueue_leave_its_workloads_alone(helm: str, mode: str) -> None:
+    sets = ["rbac.kueue=false"] + (["watchNamespaces={team-a}"] if mode == "namespaced" else [])
+    (role,) = by_kind(
+        render_rbac(helm, "apwa", "apwa-system", *sets), "Role" if mode == "namespaced" else "ClusterRole"
+    )
+    rules = rules_of(role)
+    assert KUEUE_RULE not in rules
+    assert {k: v for k, v in rules.items() if k in NAMESPACED_RULES} == {
+        k: v for k, v in NAMESPACED_RULES.items() if k != KUEUE_RULE
+    }
 
 
 def test_rules_namespaced_without_discovery_have_no_cluster_scope(helm: str) -> None:
@@ -413,10 +430,15 @@ def check_nothing_more(sa_user: str, ns: str, mode: str) -> None:
         ("create", "serviceaccounts"),
         ("create", "rolebindings.rbac.authorization.k8s.io"),
         ("delete", "networkpolicies.networking.k8s.io"),
+        ("create", "workloads.kueue.x-k8s.io"),
+        ("delete", "workloads.kueue.x-k8s.io"),
+        ("get", "workloads.kueue.x-k8s.io"),
+        ("patch", "clusterqueues.kueue.x-k8s.io"),
     ]
     for verb, resource in denied:
         assert not can_i(sa_user, verb, resource, "-n", ns), f"{sa_user} may {verb} {resource}"
     assert can_i(sa_user, "create", "jobs.batch", "-n", ns)
+    assert can_i(sa_user, "patch", "workloads.kueue.x-k8s.io", "-n", ns)  # spec.suspend of a queued workload
     # Secrets: the named planner key only.
     assert can_i(sa_user, "get", f"secrets/{PLANNER_SECRET}", "-n", ns)
     assert not can_i(sa_user, "get", "secrets/other", "-n", ns)

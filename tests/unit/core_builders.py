@@ -47,8 +47,14 @@ def spec(
     return ParallelWorkloadSpec.model_validate(body)
 
 
-def running(i: int, *, suspended: bool = False) -> JobState:
-    return JobState(name=f"{NAME}-{i}", suspended=suspended, uid=f"uid-{i}")
+def running(i: int, *, suspended: bool = False, held: bool = False) -> JobState:
+    """An unfinished Job; `held`: suspended by spec.suspend (ANNOTATION_HELD)."""
+    return JobState(name=f"{NAME}-{i}", suspended=suspended, uid=f"uid-{i}", held=held)
+
+
+def queued(i: int, *, admitted: bool = False, held: bool = False) -> JobState:
+    """An unfinished Job of Kueue's (queue label): suspended until Kueue admits it."""
+    return JobState(name=f"{NAME}-{i}", suspended=not admitted, uid=f"uid-{i}", queued=True, held=held)
 
 
 def done(i: int, *, at: float = LONG_AGO) -> JobState:

@@ -40,6 +40,28 @@ def test_job_state():
     assert JobState.from_body(job(suspend=True)).suspended
 
 
+QUEUE_LABEL = {"kueue.x-k8s.io/queue-name": "team-a"}
+HELD = {"apwa.dev/held": "true"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "annotations", "suspend", "queued", "held", "awaiting"),
+    [
+        pytest.param({}, {}, True, False, False, False, id="suspended-by-someone-not-kueue"),
+        pytest.param(QUEUE_LABEL, {}, True, True, False, True, id="kueue-waiting-for-quota"),
+        pytest.param(QUEUE_LABEL, {}, False, True, False, False, id="kueue-admitted"),
+        pytest.param(QUEUE_LABEL, HELD, True, True, True, False, id="kueue-held-by-spec-suspend"),
+        pytest.param({}, HELD, True, False, True, False, id="held-by-spec-suspend"),
+        pytest.param({}, {"apwa.dev/held": "false"}, True, False, False, False, id="only-true-holds"),
+    ],
+)
+def test_job_state_kueue_and_hold(labels, annotations, suspend, queued, held, awaiting):
+    body = job(suspend=suspend)
+    body["metadata"] |= {"labels": labels, "annotations": annotations}
+    state = JobState.from_body(body)
+    assert (state.queued, state.held, state.awaiting_admission) == (queued, held, awaiting)
+
+
 def pod(phase, statuses):
     return {
         "spec": {"containers": [{"name": "main"}, {"name": "side"}]},

@@ -17,6 +17,7 @@ from apwa.core import (
     POD_GRACE_SECONDS,
     RESYNC_SECONDS,
     CreateJobs,
+    HoldQueuedJobs,
     PostEvent,
     RecordOutcomes,
     ReleaseJobs,
@@ -37,6 +38,7 @@ from core_builders import (
     ok,
     pod_failed,
     pod_ok,
+    queued,
     running,
     spec,
     world,
@@ -419,31 +421,90 @@ def test_window_bounds_creations_in_flight() -> None:
 
 
 # ---- suspend / resume ----------------------------------------------------------------------------
+# spec.suspend holds Jobs (SuspendJobs, or HoldQueuedJobs through Kueue's Workloads for Kueue's Jobs);
+# resuming releases only what it held: a Job suspended by anything else, Kueue above all, is left be.
 SUSPEND = [
-    # name, spec.suspend, jobs, expected (indices flipped), flag
-    ("suspend-active", True, {0: running(0), 1: running(1)}, (0, 1), True),
-    ("already-suspended", True, {0: running(0, suspended=True)}, (), True),
-    ("resume", False, {0: running(0, suspended=True), 1: running(1, suspended=True)}, (0, 1), False),
-    ("resume-mixed", False, {0: running(0, suspended=True), 1: running(1)}, (0,), False),
-    ("finished-jobs-untouched", True, {0: done(0, at=NOW), 1: running(1)}, (1,), True),
-    ("nothing-active", True, {}, (), True),
-    ("running-unsuspended", False, {0: running(0)}, (), False),
+    # name, spec.suspend, jobs, expected SuspendJobs indices, expected HoldQueuedJobs indices
+    ("suspend-active", True, {0: running(0), 1: running(1)}, (0, 1), ()),
+    ("already-held", True, {0: running(0, suspended=True, held=True)}, (), ()),
+    ("held-but-unsuspended-by-someone", True, {0: running(0, held=True)}, (0,), ()),
+    (
+        "resume-held",
+        False,
+        {0: running(0, suspended=True, held=True), 1: running(1, suspended=True, held=True)},
+        (0, 1),
+        (),
+    ),
+    ("resume-mixed", False, {0: running(0, suspended=True, held=True), 1: running(1)}, (0,), ()),
+    ("someone-elses-suspension-kept", False, {0: running(0, suspended=True)}, (), ()),
+    ("finished-jobs-untouched", True, {0: done(0, at=NOW), 1: running(1)}, (1,), ()),
+    ("nothing-active", True, {}, (), ()),
+    ("running-unsuspended", False, {0: running(0)}, (), ()),
+    ("kueue-waiting-never-unsuspended", False, {0: queued(0)}, (), ()),
+    ("kueue-admitted-left-alone", False, {0: queued(0, admitted=True)}, (), ()),
+    ("kueue-hold-waiting-and-admitted", True, {0: queued(0), 1: queued(1, admitted=True)}, (), (0, 1)),
+    ("kueue-already-held", True, {0: queued(0, held=True)}, (), ()),
+    ("kueue-held-admitted-meanwhile", True, {0: queued(0, admitted=True, held=True)}, (), ()),  # Kueue stops it
+    ("kueue-resume", False, {0: queued(0, held=True), 1: queued(1)}, (), (0,)),
+    ("mixed-hold", True, {0: running(0), 1: queued(1)}, (0,), (1,)),
 ]
 
 
-@pytest.mark.parametrize(("suspend", "jobs", "flipped", "flag"), [pytest.param(*row[1:], id=row[0]) for row in SUSPEND])
-def test_suspend(suspend: bool, jobs: dict[int, Any], flipped: tuple[int, ...], flag: bool) -> None:
+@pytest.mark.parametrize(("suspend", "jobs", "own", "kueue"), [pytest.param(*row[1:], id=row[0]) for row in SUSPEND])
+def test_suspend(suspend: bool, jobs: dict[int, Any], own: tuple[int, ...], kueue: tuple[int, ...]) -> None:
     step = decide(world(spec(suspend=suspend), jobs=jobs, cursor=len(jobs)), NOW)
-    got = step.of(SuspendJobs)
-    assert tuple(i for a in got for i, _ in a.jobs) == flipped
-    assert all(a.suspend is flag for a in got)
+    suspends, holds = step.of(SuspendJobs), step.of(HoldQueuedJobs)
+    assert tuple(i for a in suspends for i, _ in a.jobs) == own
+    assert tuple(i for a in holds for i, _ in a.jobs) == kueue
+    assert all(a.suspend is suspend for a in suspends) and all(a.hold is suspend for a in holds)
 
 
 def test_resume_then_creates_again() -> None:
-    w = world(spec(parallelism=3), jobs={0: running(0, suspended=True)}, cursor=1)
+    w = world(spec(parallelism=3), jobs={0: running(0, suspended=True, held=True)}, cursor=1)
     step = decide(w, NOW)
     assert step.of(SuspendJobs)[0].jobs == ((0, "w-0"),)
     assert step.of(CreateJobs)[0].indices == (1, 2)
+
+
+# ---- Kueue: the window and the counts ------------------------------------------------------------
+KUEUE_WINDOW = [
+    # name, jobs (cursor after them), parallelism, expected new Jobs
+    ("waiting-jobs-fill-the-window", {0: queued(0), 1: queued(1), 2: queued(2)}, 3, ()),
+    ("admitted-and-waiting-together", {0: queued(0, admitted=True), 1: queued(1)}, 3, (2,)),
+    ("no-kueue-same-rule", {0: running(0), 1: running(1)}, 3, (2,)),
+]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "parallelism", "created"), [pytest.param(*row[1:], id=row[0]) for row in KUEUE_WINDOW]
+)
+def test_window_counts_jobs_awaiting_admission(
+    jobs: dict[int, Any], parallelism: int, created: tuple[int, ...]
+) -> None:
+    # parallelism bounds the Jobs (and Kueue Workloads) that exist, admitted or not: no flood of
+    # queued objects, and other tenants' work created later still interleaves in the queue.
+    step = decide(world(spec(parallelism=parallelism), jobs=jobs, cursor=len(jobs)), NOW)
+    assert tuple(i for a in step.of(CreateJobs) for i in a.indices) == created
+
+
+def test_waiting_for_admission_is_pending_not_active() -> None:
+    jobs = {0: queued(0), 1: queued(1), 2: queued(2, admitted=True), 3: running(3)}
+    status = status_of(world(spec(parallelism=4), jobs=jobs, cursor=4))
+    assert status["counts"] == {
+        "total": 10,
+        "pending": 8,
+        "active": 2,
+        "succeeded": 0,
+        "failed": 0,
+        "awaitingAdmission": 2,
+    }
+    assert status["message"].endswith("2 active, 2 awaiting admission by Kueue")
+
+
+def test_held_kueue_jobs_are_not_awaiting_admission() -> None:
+    # Suspended by spec.suspend, not waiting for quota: the phase says Suspended, the count stays 0.
+    status = status_of(world(spec(suspend=True), jobs={0: queued(0, held=True)}, cursor=1))
+    assert status["phase"] == Phase.SUSPENDED and status["counts"]["awaitingAdmission"] == 0
 
 
 # ---- collecting finished Jobs: pods, grace, deadlines --------------------------------------------
@@ -578,7 +639,12 @@ ORDER = [
         id="last-outcome-starts-reduce",
     ),
     pytest.param(
-        world(spec(suspend=False), jobs={0: done(0), 1: running(1, suspended=True)}, pods={0: pod_ok()}, cursor=2),
+        world(
+            spec(suspend=False),
+            jobs={0: done(0), 1: running(1, suspended=True, held=True)},
+            pods={0: pod_ok()},
+            cursor=2,
+        ),
         [RecordOutcomes, ReleaseJobs, SuspendJobs, CreateJobs, WriteStatus],
         id="collect-release-resume-create",
     ),
@@ -598,19 +664,25 @@ def test_action_order(w: World, kinds: list[type]) -> None:
 
 # ---- counts and bounded status ------------------------------------------------------------------
 COUNTS = [
-    pytest.param(world(), {"total": 10, "pending": 10, "active": 0, "succeeded": 0, "failed": 0}, id="fresh"),
+    pytest.param(
+        world(),
+        {"total": 10, "pending": 10, "active": 0, "succeeded": 0, "failed": 0, "awaitingAdmission": 0},
+        id="fresh",
+    ),
     pytest.param(
         world(jobs={0: running(0), 1: running(1)}, outcomes=[ok(2)], cursor=3),
-        {"total": 10, "pending": 7, "active": 2, "succeeded": 1, "failed": 0},
+        {"total": 10, "pending": 7, "active": 2, "succeeded": 1, "failed": 0, "awaitingAdmission": 0},
         id="mixed",
     ),
     pytest.param(
         world(spec(max_failed=3), jobs={0: failed(0)}, pods={0: pod_failed()}, outcomes=[ok(1)], cursor=2),
-        {"total": 10, "pending": 8, "active": 0, "succeeded": 1, "failed": 1},
+        {"total": 10, "pending": 8, "active": 0, "succeeded": 1, "failed": 1, "awaitingAdmission": 0},
         id="this-steps-failure-counted",
     ),
     pytest.param(
-        world(outcomes=all_ok(10)), {"total": 10, "pending": 0, "active": 0, "succeeded": 10, "failed": 0}, id="done"
+        world(outcomes=all_ok(10)),
+        {"total": 10, "pending": 0, "active": 0, "succeeded": 10, "failed": 0, "awaitingAdmission": 0},
+        id="done",
     ),
 ]
 

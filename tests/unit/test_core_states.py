@@ -406,7 +406,7 @@ def test_stall_keeps_counts() -> None:
     agg = aggregate(10, [ok(0), bad(1)])
     step, _ = stalled(e, previous={}, generation=1, total=10, active=2, outcomes=agg, written=None, backoff=5, now=NOW)
     counts = step.of(WriteStatus)[0].status["counts"]
-    assert counts == {"total": 10, "pending": 6, "active": 2, "succeeded": 1, "failed": 1}
+    assert counts == {"total": 10, "pending": 6, "active": 2, "succeeded": 1, "failed": 1, "awaitingAdmission": 0}
 
 
 SPECS = [

@@ -303,3 +303,32 @@ def test_reduce_job_mounts_results():
     assert pod["volumes"][-1]["configMap"]["name"] == "demo-results"
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     assert env["APWA_RESULTS_PATH"] == "/apwa/results/results.json"
+
+
+# ---- Kueue: the queue label, suspension at creation, priority (docs/kueue.md) ---------------------
+QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
+QUEUED_OWNER = Owner("demo", "ns", "uid-1", {QUEUE: "team-a", KUEUE_PRIORITY: "batch-low"})
+PRIORITY_POD = {"priorityClassName": "batch-high", "containers": [{"name": "w", "image": "img"}]}
+
+
+@pytest.mark.parametrize(
+    ("owner", "suspend"),
+    [pytest.param(QUEUED_OWNER, True, id="queued-created-suspended"), pytest.param(OWNER, None, id="not-queued")],
+)
+@pytest.mark.parametrize("kind", ["subtask", "reduce"])
+def test_a_queued_workloads_jobs_are_created_suspended_for_kueue(owner, suspend, kind):
+    s = spec(PRIORITY_POD, results={"reduce": {"template": "default"}})
+    job = render_job(owner, s, plan(s)[0], 2) if kind == "subtask" else render_reduce_job(owner, s, "cm", "k")
+    assert job["spec"].get("suspend") is suspend
+    labels = job["metadata"]["labels"]
+    assert labels.get(QUEUE) == owner.labels.get(QUEUE)  # Kueue reads the Job's own labels
+    assert labels.get(KUEUE_PRIORITY) == owner.labels.get(KUEUE_PRIORITY)  # a WorkloadPriorityClass
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "batch-high"  # Kueue's priority source too
+
+
+def test_a_queue_label_only_on_the_pod_template_does_not_suspend():
+    # Kueue's batch/job integration reads the Job's labels, not its pods': nothing would admit it.
+    s = spec({"containers": [{"name": "w", "image": "img"}]})
+    s.templates["default"].pod_template["metadata"] = {"labels": {QUEUE: "team-a"}}
+    assert "suspend" not in render_job(OWNER, s, plan(s)[0], 2)["spec"]

@@ -92,6 +92,11 @@ holds the same list with the code each rule serves, and fails on any difference)
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.kueue }}
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
+{{- end }}
 {{- with (concat .Values.rbac.secretNames .Values.rbac.plannerSecretNames | uniq) }}
 - apiGroups: [""]
   resources: ["secrets"]
@@ -112,4 +117,16 @@ holds the same list with the code each rule serves, and fails on any difference)
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
+The PromQL label matchers that select this release's operator series in Prometheus: by default
+the job and namespace labels that the chart's ServiceMonitor gives them (job is the Service's name).
+*/}}
+{{- define "apwa.metricsSelector" -}}
+{{- if .Values.prometheusRule.selector }}
+{{- .Values.prometheusRule.selector }}
+{{- else }}
+{{- printf "job=%q,namespace=%q" (printf "%s-metrics" (include "apwa.fullname" .)) .Release.Namespace }}
+{{- end }}
 {{- end }}

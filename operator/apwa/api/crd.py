@@ -96,6 +96,13 @@ def crd() -> dict[str, Any]:
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "succeeded/total"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed"},
         {"name": "Active", "type": "integer", "jsonPath": ".status.counts.active", "priority": 1},
+        {
+            "name": "Queued",
+            "type": "integer",
+            "jsonPath": ".status.counts.awaitingAdmission",
+            "priority": 1,
+            "description": "subtask Jobs awaiting admission by Kueue",
+        },
         {"name": "Parallelism", "type": "integer", "jsonPath": ".spec.parallelism", "priority": 1},
         {"name": "Tokens", "type": "integer", "jsonPath": ".status.usage.totalTokens", "priority": 1},
         {"name": "Cost", "type": "string", "jsonPath": ".status.usage.estimatedCost", "priority": 1},

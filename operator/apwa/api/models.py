@@ -150,6 +150,21 @@ ENV_AGENT_API_KEY = "APWA_AGENT_API_KEY"
 ENV_AGENT_REDUCE = "APWA_AGENT_REDUCE"
 
 
+def _check_placeholders(text: str, names: tuple[str, ...], field: str) -> None:
+    for name in _PROMPT_PLACEHOLDER.findall(text):
+        if name.partition(".")[0] not in names:
+            raise ValueError(f"{field}: unknown placeholder {{{{ {name} }}}} (use {', '.join(names)})")
+
+
+def _check_output_schema(schema: dict[str, Any] | None, field: str) -> None:
+    if schema is None:
+        return
+    try:
+        check_schema(schema, field)
+    except SchemaError as e:
+        raise ValueError(str(e)) from None
+
+
 class AgentPrice(Model):
     """What 1,000 tokens cost, as the model's provider prices them."""
 
@@ -241,16 +256,8 @@ class AgentSpec(Model):
     @model_validator(mode="after")
     def _usable(self) -> AgentSpec:
         for field, text in (("prompt", self.prompt), *(("files", f) for f in self.files or [])):
-            for name in _PROMPT_PLACEHOLDER.findall(text):
-                if name.partition(".")[0] not in PROMPT_NAMES:
-                    raise ValueError(
-                        f"agent.{field}: unknown placeholder {{{{ {name} }}}} (use {', '.join(PROMPT_NAMES)})"
-                    )
-        if self.output_schema is not None:
-            try:
-                check_schema(self.output_schema, "agent.outputSchema")
-            except SchemaError as e:
-                raise ValueError(str(e)) from None
+            _check_placeholders(text, PROMPT_NAMES, f"agent.{field}")
+        _check_output_schema(self.output_schema, "agent.outputSchema")
         return self
 
 
@@ -662,17 +669,8 @@ class ReduceAgent(Model):
 
     @model_validator(mode="after")
     def _usable(self) -> ReduceAgent:
-        for name in _PROMPT_PLACEHOLDER.findall(self.prompt):
-            if name not in REDUCE_PROMPT_NAMES:
-                raise ValueError(
-                    f"results.reduce.agent.prompt: unknown placeholder {{{{ {name} }}}} "
-                    f"(use {', '.join(REDUCE_PROMPT_NAMES)}: a reduce has no item or index)"
-                )
-        if self.output_schema is not None:
-            try:
-                check_schema(self.output_schema, "results.reduce.agent.outputSchema")
-            except SchemaError as e:
-                raise ValueError(str(e)) from None
+        _check_placeholders(self.prompt, REDUCE_PROMPT_NAMES, "results.reduce.agent.prompt")
+        _check_output_schema(self.output_schema, "results.reduce.agent.outputSchema")
         return self
 
 
@@ -691,6 +689,30 @@ class ReduceSpec(Model):
 
 class ResultsSpec(Model):
     reduce: ReduceSpec | None = None
+
+
+MAX_RETRY_ATTEMPT = 1000
+
+
+class RetrySpec(Model):
+    """A request to run the failed subtasks again (`apwa retry`, or set by hand or by GitOps).
+
+    `attempt` names the request: each new value is one retry, applying the same value again
+    changes nothing. Jobs of a retry are named `<workload>-<index>-r<attempt>`."""
+
+    attempt: int = Field(
+        ge=1,
+        le=MAX_RETRY_ATTEMPT,
+        description="The retry to run: one more than status.retry.attempt for a new retry (apwa retry does "
+        "that). Applying a value already observed (status.retry.attempt) changes nothing.",
+    )
+    indices: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        max_length=10_000,
+        description="Retry only these failed subtasks (subtasks that did not fail are left alone). Unset: every "
+        "failed subtask except those that reported a final failure (apwa.worker.fail(..., final=True)); "
+        "naming an index retries it even then.",
+    )
 
 
 class ParallelWorkloadSpec(Model):
@@ -733,7 +755,12 @@ class ParallelWorkloadSpec(Model):
             "x-kubernetes-validations": [cel("self == oldSelf", "templates are immutable once set")],
         },
     )
-    parallelism: int = Field(10, ge=1, le=10_000, description="Maximum subtask Jobs active at once.")
+    parallelism: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Maximum unfinished subtask Jobs at once (with Kueue: created, admitted or not).",
+    )
     failure_policy: FailurePolicy | None = None
     isolation: Isolation | None = None
     results: ResultsSpec | None = None
@@ -750,7 +777,16 @@ class ParallelWorkloadSpec(Model):
         "for the worker image's `apwa-agent` command (docs/agents.md). Immutable.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "agent is immutable once set")]},
     )
-    suspend: bool = Field(False, description="Stop starting Jobs and suspend active ones; false resumes.")
+    suspend: bool = Field(
+        False,
+        description="Stop starting Jobs and suspend active ones (Kueue's: by deactivating their Workloads); "
+        "false resumes.",
+    )
+    retry: RetrySpec | None = Field(
+        None,
+        description="Run the failed subtasks again, keeping every success (docs/operate.md). A new attempt "
+        "value starts a new retry; the status goes back to Running.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the workload (and everything it made) this long after it finished."
     )
@@ -825,10 +861,13 @@ class Condition(Model):
 
 class Counts(Model):
     total: int = 0
-    pending: int = 0
+    pending: int = Field(0, description="Not started yet: no Job yet, or a Job awaiting admission.")
     active: int = 0
     succeeded: int = 0
     failed: int = 0
+    awaiting_admission: int = Field(
+        0, description="Subtasks whose Job waits for Kueue to admit it (docs/kueue.md); counted in pending."
+    )
 
 
 class FailedSubtask(Model):
@@ -854,6 +893,22 @@ class ResultsRef(Model):
     bucket: str | None = None
     object_prefix: str | None = None
     chunk_size: int | None = None
+
+
+class RetryRound(Model):
+    """One accepted retry: what it reset, with the first failures it reset (bounded)."""
+
+    attempt: int
+    time: str | None = None
+    retried: int = 0
+    skipped_final: int | None = Field(None, description="Failed subtasks left alone: they reported a final failure.")
+    ignored: int | None = Field(None, description="Indices in spec.retry.indices that had not failed.")
+    failures: list[FailedSubtask] | None = Field(None, max_length=10, description="The first failures it reset.")
+
+
+class RetryStatus(Model):
+    attempt: int = Field(0, description="The last retry observed (spec.retry.attempt); 0: none.")
+    history: list[RetryRound] | None = Field(None, max_length=5, description="The last retries, oldest first.")
 
 
 class Usage(Model):
@@ -888,6 +943,8 @@ class ParallelWorkloadStatus(Model):
     )
     result: Any = Field(None, description="The reduce output, or a bounded summary of the results.")
     results_ref: ResultsRef | None = None
+    retry: RetryStatus | None = None
+
     usage: Usage | None = None
 
 

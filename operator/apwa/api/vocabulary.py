@@ -36,6 +36,7 @@ class Reason(StrEnum):
     SUBTASKS_RUNNING = "SubtasksRunning"
     SUSPENDED = "Suspended"
     REDUCING = "Reducing"
+    RETRYING = "Retrying"  # spec.retry was accepted: failed subtasks run again
     # outcomes
     ALL_SUBTASKS_FINISHED = "AllSubtasksFinished"
     REDUCED = "Reduced"
@@ -58,6 +59,7 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "StoreUnavailable"  # network or server errors: waits and resumes by itself
     STORE_ACCESS_DENIED = "StoreAccessDenied"  # the Secret is missing, unreadable, or its keys refused
     STORE_NOT_FOUND = "StoreNotFound"  # no such bucket
+    KUEUE_UNAVAILABLE = "KueueUnavailable"  # Jobs carry a Kueue queue label, but Kueue's API is not served
     # the resting reasons of conditions that are False
     IDLE = "Idle"
     HEALTHY = "Healthy"

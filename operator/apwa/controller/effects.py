@@ -25,16 +25,18 @@ class StatusWriter:
         self.written: dict[str, Any] | None = None
         self.last_write = 0.0
 
-    async def write(self, status: dict[str, Any], final: bool) -> tuple[float, dict[str, Any] | None]:
+    async def write(
+        self, status: dict[str, Any], final: bool, cleared: dict[str, None] | None = None
+    ) -> tuple[float, dict[str, Any] | None]:
         """Returns when to look again, and the status as the API server now has it (None when
-        nothing was written)."""
+        nothing was written). `cleared`: fields to remove (null in the merge patch)."""
         comparable = without_times(status)
         if self.written is not None and comparable == self.written:
             return RESYNC_SECONDS, None
         since = time.monotonic() - self.last_write
         if since < self.interval and not final:
             return self.interval - since, None
-        body = await self.kube.merge_patch(self.path, {"status": status})
+        body = await self.kube.merge_patch(self.path, {"status": {**status, **(cleared or {})}})
         metrics.STATUS_PATCHES.inc()
         self.last_write = time.monotonic()
         self.written = comparable

@@ -78,9 +78,8 @@ class Registry:
 
     def stop(self, uid: str) -> None:
         runner = self.runners.pop(uid, None)
-        if runner and runner.task:
-            runner.task.cancel()
         if runner:
+            runner.stop()
             VITALS.loop_stopped(runner.key)
         self._gauge()
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from apwa.api.models import StoreSpec
 from apwa.api.vocabulary import Reason, Role
-from apwa.core import Stalled
+from apwa.core import Reset, Stalled
 from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.rendering import LABEL_ROLE, LABEL_UID, Owner, child_name
 from apwa.rendering.jobs import metadata
@@ -50,6 +50,19 @@ def encode_outcome(o: SubtaskOutcome) -> dict[str, Any]:
     if o.failed_pods:
         entry["failedPods"] = o.failed_pods
     return entry
+
+
+# A subtask a retry reset (core/retry.py): {"retry": attempt, "was": the failure it replaces}
+# until its new outcome takes the entry's place. It is not an outcome: readers skip it.
+PENDING = "retry"
+
+
+def pending_entry(r: Reset) -> dict[str, Any]:
+    return {PENDING: r.attempt, "was": r.was, **({"usage": r.usage} if r.usage else {})}
+
+
+def is_pending(entry: dict[str, Any]) -> bool:
+    return PENDING in entry
 
 
 def decode_outcome(index: int, entry: dict[str, Any]) -> SubtaskOutcome:
@@ -90,6 +103,8 @@ class Chunks(Protocol):
 
     def listing(self) -> AsyncIterator[tuple[int, bytes]]: ...
 
+    async def read(self, chunk: int) -> bytes | None: ...
+
     async def write(self, chunk: int, payload: bytes) -> None: ...
 
     def ref(self, chunks: int) -> dict[str, Any]: ...
@@ -112,6 +127,13 @@ class ConfigMapChunks:
             chunk = int(cm["metadata"]["labels"].get(LABEL_CHUNK, "-1"))
             self._exists.add(chunk)
             yield chunk, read_payload(cm)
+
+    async def read(self, chunk: int) -> bytes | None:
+        cm = await self.kube.get(self._path(chunk_name(self.owner.name, chunk)))
+        if cm is None:
+            return None
+        self._exists.add(chunk)
+        return read_payload(cm)
 
     async def write(self, chunk: int, payload: bytes) -> None:
         name = chunk_name(self.owner.name, chunk)
@@ -142,6 +164,10 @@ class ObjectChunks:
             data = await _store_await(self.bucket.get(key))
             if data is not None:
                 yield int(key.rsplit("/", 1)[1].split(".")[0]), data
+
+    async def read(self, chunk: int) -> bytes | None:
+        data: bytes | None = await _store_await(self.bucket.get(outcome_chunk_key(self.root, chunk)))
+        return data
 
     async def write(self, chunk: int, payload: bytes) -> None:
         await _store_await(self.bucket.put(outcome_chunk_key(self.root, chunk), payload))
@@ -227,18 +253,41 @@ class ResultStore:
     def ref(self) -> dict[str, Any]:
         return self.backend.ref(self.chunks)
 
-    async def load(self) -> list[SubtaskOutcome]:
-        """Every stored outcome (without keeping complete chunks in memory)."""
+    async def load(self) -> tuple[list[SubtaskOutcome], list[Reset]]:
+        """Every stored outcome, and every subtask a retry reset that has none yet (without
+        keeping complete chunks in memory)."""
         out: list[SubtaskOutcome] = []
+        pending: list[Reset] = []
         async for chunk, payload in self.backend.listing():
             entries = json.loads(payload or b"{}").get("outcomes", {})
-            if len(entries) < self._chunk_size(chunk):
+            if not self._complete(chunk, entries):
                 self._open[chunk] = entries
-            out += [decode_outcome(int(i), e) for i, e in entries.items()]
-        return out
+            for i, e in entries.items():
+                if is_pending(e):
+                    pending.append(Reset(int(i), int(e[PENDING]), e.get("was") or {}, e.get("usage")))
+                else:
+                    out.append(decode_outcome(int(i), e))
+        return out, pending
 
     def _chunk_size(self, chunk: int) -> int:
         return min(self.size, self.total - chunk * self.size)
+
+    def _complete(self, chunk: int, entries: dict[str, dict[str, Any]]) -> bool:
+        """Every subtask of the chunk has its outcome: nothing will change it (but a retry)."""
+        return len(entries) >= self._chunk_size(chunk) and not any(is_pending(e) for e in entries.values())
+
+    async def reset(self, resets: Iterable[Reset]) -> None:
+        """A retry: these subtasks' outcomes become pending entries, durably. Complete chunks
+        left memory, so they are read back first."""
+        resets = list(resets)
+        for chunk in sorted({r.index // self.size for r in resets} - set(self._open)):
+            payload = await self.backend.read(chunk)
+            self._open[chunk] = json.loads(payload or b"{}").get("outcomes", {})
+        for r in resets:
+            chunk = r.index // self.size
+            self._open[chunk][str(r.index)] = pending_entry(r)
+            self._dirty.add(chunk)
+        await self.flush()
 
     def add(self, outcome: SubtaskOutcome) -> None:
         chunk = outcome.index // self.size
@@ -259,7 +308,7 @@ class ResultStore:
                 self._dirty |= dirty  # written again on the next flush
                 raise
             for c in dirty:
-                if len(self._open.get(c, {})) >= self._chunk_size(c):
+                if self._complete(c, self._open.get(c, {})):
                     self._open.pop(c, None)
 
     async def _write(self, chunk: int) -> None:
@@ -272,5 +321,6 @@ class ResultStore:
         outcomes: dict[int, SubtaskOutcome] = {}
         async for _, payload in self.backend.listing():
             for i, e in json.loads(payload or b"{}").get("outcomes", {}).items():
-                outcomes[int(i)] = decode_outcome(int(i), e)
+                if not is_pending(e):
+                    outcomes[int(i)] = decode_outcome(int(i), e)
         return [outcomes[i] for i in sorted(outcomes)]

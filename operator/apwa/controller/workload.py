@@ -16,15 +16,15 @@ import json
 import logging
 import time
 from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apwa import API_VERSION, PLURAL, metrics
 from apwa.api.models import ParallelWorkloadSpec
-from apwa.api.vocabulary import EventType, Reason, Role
+from apwa.api.vocabulary import FINISHED, EventType, Phase, Reason, Role
 from apwa.common.messages import no_key
 from apwa.common.times import parse_iso
-from apwa.controller import faultpoints
+from apwa.controller import faultpoints, kueue
 from apwa.controller.dynamic import PlanContext, stored_plan
 from apwa.controller.effects import Creations, StatusWriter, event_body
 from apwa.controller.finalizers import PodReleaser
@@ -37,33 +37,41 @@ from apwa.core import (
     ChildIndex,
     CreateJobs,
     DeleteWorkload,
+    HoldQueuedJobs,
     JobState,
     PatchStatus,
     PostEvent,
     RecordOutcomes,
     ReleaseJobs,
+    Reset,
+    ResetOutcomes,
     Stalled,
     StartReduce,
     Step,
     SuspendJobs,
     World,
     WriteStatus,
+    accept_retry,
     decide,
     finished,
     holds_result,
     make_plan,
     planning_status,
     read_spec,
+    retry_observed,
+    retry_requested,
     stall_of,
     stalled,
 )
 from apwa.kube.client import ApiError, Kube, ns_path
 from apwa.planning import DEFAULT_MAX_SUBTASKS, PlanningError, Subtask
 from apwa.rendering import (
+    ANNOTATION_HELD,
     DEFAULT_SIDECAR_IMAGE,
     LABEL_ROLE,
     LABEL_UID,
     Owner,
+    attempt_suffix,
     child_name,
     render_job,
     render_network_policy,
@@ -71,6 +79,7 @@ from apwa.rendering import (
     without_result_finalizer,
 )
 from apwa.results import Aggregate, SubtaskOutcome
+from apwa.results.usage import merged
 from apwa.status import is_finished
 
 log = logging.getLogger("apwa.workload")
@@ -79,6 +88,9 @@ log = logging.getLogger("apwa.workload")
 MIN_STEP_INTERVAL = 0.1
 ERROR_RETRY_SECONDS = 5.0
 FIRST_STALL_BACKOFF = 5.0
+# Written as null when a status no longer has them: a status write is a merge patch, and a retry
+# takes a finished workload back to Running (no completion time, no result, fewer failures).
+CLEARED_WHEN_ABSENT = ("completionTime", "result", "failedSubtasks")
 
 
 @dataclass
@@ -101,6 +113,8 @@ class Planned:
     subtasks: list[Subtask]
     outcomes: Aggregate
     store: ResultStore
+    # Subtasks a retry reset whose new outcome is not stored yet, by index (from the store).
+    pending: dict[int, Reset] = field(default_factory=dict)
 
 
 class WorkloadRunner:
@@ -124,6 +138,11 @@ class WorkloadRunner:
         self.task: asyncio.Task[None] | None = None
         self.releaser = PodReleaser(kube)
         self.leftovers_released = False  # a finished workload's pods: listed once per operator run
+        # For the per-workload metrics: progress since this operator started (a restart starts
+        # the clock again), and the failures the spec tolerates, known once planned.
+        self.progress_at = time.time()
+        self.failure_budget: int | None = None
+        self.stopped = False
 
     # ---- events from the shared watches ------------------------------------------------------
     def _recorded(self) -> Container[int]:
@@ -166,9 +185,21 @@ class WorkloadRunner:
             VITALS.step_ended(self.key)
             self.creations.cancel()
 
+    def stop(self) -> None:
+        """The workload is gone: end the loop and drop its series.
+
+        The flag, not only the cancellation: on Python 3.11 asyncio.wait_for can swallow a
+        cancellation that arrives as its awaitable completes (a wake at the moment of the delete),
+        and the loop would then go on and publish the series again.
+        """
+        self.stopped = True
+        if self.task:
+            self.task.cancel()
+        metrics.forget_workload(self.namespace, self.name)
+
     async def _loop(self) -> None:
         delay = 0.0
-        while True:
+        while not self.stopped:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
             await asyncio.sleep(MIN_STEP_INTERVAL)  # rate limit, not synchronisation: see above
@@ -190,6 +221,26 @@ class WorkloadRunner:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
                 delay = ERROR_RETRY_SECONDS
             VITALS.step_ended(self.key)
+            if not self.stopped:
+                self.publish_metrics()  # after a stall too: a stalled workload's progress time stays put
+
+    def progressed(self) -> None:
+        self.progress_at = time.time()
+
+    def publish_metrics(self) -> None:
+        """This workload's series: none once finished; no progress time while suspended."""
+        phase = self.status.get("phase")
+        if phase in FINISHED:
+            metrics.forget_workload(self.namespace, self.name)
+            return
+        planned = self.planned
+        metrics.publish_workload(
+            self.namespace,
+            self.name,
+            progress_at=None if phase == Phase.SUSPENDED else self.progress_at,
+            failed=planned.outcomes.failed if planned else None,
+            budget=self.failure_budget if planned else None,
+        )
 
     @property
     def owner(self) -> Owner:
@@ -210,11 +261,15 @@ class WorkloadRunner:
     async def step(self) -> float:
         spec = read_spec(self.body.get("spec"))
         now = time.time()
+        retry = retry_requested(spec, self.status)
         if is_finished(self.status):
-            # Finished (maybe before this operator started): nothing runs any more.
-            await self._release_leftovers()
-            return await self._execute(finished(spec, self.status, self.generation, now), spec)
+            if retry is None:
+                # Finished (maybe before this operator started): nothing runs any more.
+                await self._release_leftovers()
+                return await self._execute(finished(spec, self.status, self.generation, now), spec)
+            self._reopen()
         planned = self.planned or await self._plan(spec)
+        self.failure_budget = spec.failure.allowed(len(planned.subtasks))
         if not self.seeded:
             await self._seed(planned)
         if not self.netpol_done:
@@ -225,6 +280,7 @@ class WorkloadRunner:
             self.netpol_done = True
         if planned.store.dirty:  # outcomes of a step whose store write failed
             await planned.store.flush()
+        self.children.set_round(retry_observed(self.status))
         world = World(
             spec=spec,
             plan=planned.subtasks,
@@ -236,7 +292,15 @@ class WorkloadRunner:
             results_ref=planned.store.ref,
             pods_current_since=VITALS.current_since("pods"),
         )
+        if retry is not None:
+            return await self._execute(accept_retry(world, retry, planned.pending, now), spec)
         return await self._execute(decide(world, now), spec)
+
+    def _reopen(self) -> None:
+        """A retry of a finished workload: its plan, outcomes and children are read again."""
+        self.planned = None
+        self.seeded = False
+        self.children = ChildIndex()
 
     # ---- executing the core's actions --------------------------------------------------------
     async def _execute(self, step: Step, spec: ParallelWorkloadSpec) -> float:
@@ -251,10 +315,14 @@ class WorkloadRunner:
         match action:
             case RecordOutcomes(outcomes):
                 await self._record(outcomes)
+            case ResetOutcomes(resets):
+                await self._reset(resets)
             case ReleaseJobs(jobs):
                 await self._release(jobs)
             case SuspendJobs(jobs, suspend):
                 await self._suspend(jobs, suspend)
+            case HoldQueuedJobs(jobs, hold):
+                return await self._hold_queued(jobs, hold)
             case CreateJobs(indices, resume_at):
                 self._create(spec, indices, resume_at)
             case StartReduce():
@@ -273,11 +341,26 @@ class WorkloadRunner:
         assert self.planned is not None, "outcomes are only collected once planned"
         for o in outcomes:
             self.planned.outcomes.record(o)
-            self.planned.store.add(o)
+            earlier = self.planned.pending.pop(o.index, None)
+            # Stored with what its earlier attempts spent too, so a restart sums every attempt.
+            spent = merged(u for u in (earlier.usage if earlier else None, o.usage) if u)
+            self.planned.store.add(replace(o, usage=spent) if earlier and earlier.usage else o)
             (metrics.SUBTASKS_SUCCEEDED if o.succeeded else metrics.SUBTASKS_FAILED).inc()
             metrics.count_usage(self.namespace, self.name, self.model, o.usage)
+        if outcomes:
+            self.progressed()
         await self.planned.store.flush()
         faultpoints.passed(faultpoints.Point.OUTCOMES_STORED)
+
+    async def _reset(self, resets: tuple[Reset, ...]) -> None:
+        """Durably first: an operator that stops before the status is written finds them again."""
+        assert self.planned is not None, "a retry is accepted once planned"
+        await self.planned.store.reset(resets)
+        metrics.SUBTASKS_RETRIED.inc(len(resets))
+        for r in resets:
+            self.planned.outcomes.forget(r.index)
+            self.planned.pending[r.index] = r
+            self.children.retry(r.index, r.attempt)
 
     @property
     def model(self) -> str:
@@ -299,15 +382,28 @@ class WorkloadRunner:
                 faultpoints.passed(faultpoints.Point.TTL_PATCHED)
 
     async def _suspend(self, jobs: tuple[tuple[int, str], ...], suspend: bool) -> None:
-        await asyncio.gather(
-            *(
-                self.kube.merge_patch(self._path("jobs", "batch/v1", name), {"spec": {"suspend": suspend}})
-                for _, name in jobs
-            )
-        )
+        # One patch sets both: a Job is never suspended by us without the mark that resumes it.
+        mark = {"annotations": {ANNOTATION_HELD: "true" if suspend else None}}
+        body = {"metadata": mark, "spec": {"suspend": suspend}}
+        await asyncio.gather(*(self.kube.merge_patch(self._path("jobs", "batch/v1", name), body) for _, name in jobs))
         for index, _ in jobs:
-            if index in self.children.jobs:
-                self.children.jobs[index].suspended = suspend
+            if (job := self.children.jobs.get(index)) is not None:
+                job.suspended = job.held = suspend
+
+    async def _hold_queued(self, jobs: tuple[tuple[int, str], ...], hold: bool) -> float:
+        """Deactivate (hold) or reactivate the Kueue Workloads of these Jobs, then mark or unmark the
+        Jobs: in that order, so an interruption leaves a Job whose mark says to try again."""
+        uids = {self.children.jobs[i].uid: (i, name) for i, name in jobs if i in self.children.jobs}
+        found = await kueue.workloads_of(self.kube, self.namespace, uids.keys())
+        await kueue.set_active(self.kube, self.namespace, found.values(), active=not hold)
+        # Resuming a Job whose Workload is gone is done: Kueue makes it a new, active one.
+        done = [uids[u] for u in uids if u in found or not hold]
+        body = {"metadata": {"annotations": {ANNOTATION_HELD: "true" if hold else None}}}
+        await asyncio.gather(*(self.kube.merge_patch(self._path("jobs", "batch/v1", n), body) for _, n in done))
+        for index, _ in done:
+            if (job := self.children.jobs.get(index)) is not None:  # may have finished meanwhile
+                job.held = hold
+        return RESYNC_SECONDS if len(done) == len(jobs) else kueue.RETRY_SECONDS
 
     def _create(self, spec: ParallelWorkloadSpec, indices: tuple[int, ...], resume_at: int) -> None:
         # A refused creation is reported first; then none of these start and the window stays.
@@ -324,7 +420,7 @@ class WorkloadRunner:
 
     async def _create_one(self, spec: ParallelWorkloadSpec, owner: Owner, path: str, s: Subtask, total: int) -> None:
         try:
-            job = render_job(owner, spec, s, total)
+            job = render_job(owner, spec, s, total, self.children.attempts.get(s.index, 0))
             if not self.settings.pod_finalizer:
                 without_result_finalizer(job)
             started = time.perf_counter()
@@ -333,6 +429,7 @@ class WorkloadRunner:
             if created:
                 faultpoints.passed(faultpoints.Point.JOB_CREATED)
                 metrics.SUBTASKS_CREATED.inc()
+                self.progressed()
                 self.children.jobs.setdefault(s.index, JobState.from_body(body))
             elif s.index not in self.children.jobs:
                 existing = await self.kube.get(f"{path}/{job['metadata']['name']}")
@@ -361,7 +458,8 @@ class WorkloadRunner:
     async def _start_reduce(self, spec: ParallelWorkloadSpec) -> None:
         assert self.planned is not None, "the reduce starts once every planned subtask finished"
         total = len(self.planned.subtasks)
-        name = child_name(self.name, "reduce-input")
+        attempt = self.children.round  # each retry reduces again, from its own input
+        name = child_name(self.name, attempt_suffix(Role.REDUCE_INPUT.value, attempt))
         if spec.store is None:
             agg = Aggregate(total=total)
             for o in await self.planned.store.all_results():  # what is stored is what the reduce gets
@@ -370,22 +468,30 @@ class WorkloadRunner:
             body = config_map_body(self.owner, name, payload, {LABEL_ROLE: Role.REDUCE_INPUT})
             await self.kube.create(self._path("configmaps", "v1"), body)
         # With a store the reduce pod streams the stored outcomes itself (apwa-store fetch-results).
-        job = render_reduce_job(self.owner, spec, name, KEY, total=total)
+        job = render_reduce_job(self.owner, spec, name, KEY, total=total, attempt=attempt)
         if not self.settings.pod_finalizer:
             without_result_finalizer(job)
         await self.kube.create(self._path("jobs", "batch/v1"), job)
-        self.children.reduce_job = self.children.reduce_job or JobState(name=child_name(self.name, "reduce"))
+        self.progressed()
+        self.children.reduce_job = self.children.reduce_job or JobState(name=job["metadata"]["name"])
 
     async def _write(self, status: dict[str, Any], final: bool) -> float:
-        wake, now_status = await self.writer.write(status, final)
+        cleared = {k: None for k in CLEARED_WHEN_ABSENT if k in self.status and k not in status}
+        wake, now_status = await self.writer.write(status, final, cleared)
         if now_status is None:
             return wake
         faultpoints.passed(faultpoints.Point.STATUS_WRITTEN)
+        if now_status.get("phase") != self.status.get("phase"):
+            self.progressed()
         self.body = {**self.body, "status": now_status}
         if is_finished(status):
+            # Finished: the status holds what is left to know; free the plan and the indexes
+            # (a retry plans and seeds again from the store).
+
             # Finished: the status holds what is left to know; free the plan and the indexes.
             metrics.count_usage(self.namespace, self.name, self.model, self.children.usage_of(None))
             self.planned = None
+            self.seeded = False
             self.release_all_held()
             self.children.clear()
             started = parse_iso(self.body["metadata"].get("creationTimestamp"))
@@ -413,6 +519,7 @@ class WorkloadRunner:
             chunks = ConfigMapChunks(self.kube, self.owner)
         self.planned = Planned(subtasks, Aggregate(total=len(subtasks)), ResultStore(chunks, len(subtasks)))
         self.stall_backoff = FIRST_STALL_BACKOFF
+        self.progressed()
         self.events.append(PostEvent(EventType.NORMAL, Reason.PLANNED, f"decomposed into {len(subtasks)} subtasks"))
         return self.planned
 
@@ -448,8 +555,13 @@ class WorkloadRunner:
 
     async def _seed(self, planned: Planned) -> None:
         """Rebuild what an earlier run of the operator knew: stored outcomes, existing children."""
-        for outcome in await planned.store.load():
+        outcomes, pending = await planned.store.load()
+        for outcome in outcomes:
             planned.outcomes.record(outcome)
+        for r in pending:
+            planned.pending[r.index] = r
+            planned.outcomes.usage.add(r.usage)  # spent by attempts whose outcome a retry reset
+            self.children.attempts[r.index] = r.attempt
         recorded = planned.outcomes.outcomes
         selector = f"{LABEL_UID}={self.uid}"
         async for job in self.kube.list(self._path("jobs", "batch/v1"), labelSelector=selector):
@@ -490,7 +602,8 @@ class WorkloadRunner:
             previous=self.status,
             generation=self.generation,
             total=len(p.subtasks) if p else 0,
-            active=sum(1 for j in self.children.jobs.values() if not j.finished),
+            active=sum(1 for j in self.children.jobs.values() if not j.finished and not j.awaiting_admission),
+            awaiting_admission=sum(1 for j in self.children.jobs.values() if j.awaiting_admission),
             outcomes=p.outcomes if p else None,
             written=self.writer.written,
             backoff=self.stall_backoff,

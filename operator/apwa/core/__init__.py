@@ -8,10 +8,13 @@ from apwa.core.actions import (
     Action,
     CreateJobs,
     DeleteWorkload,
+    HoldQueuedJobs,
     PatchStatus,
     PostEvent,
     RecordOutcomes,
     ReleaseJobs,
+    Reset,
+    ResetOutcomes,
     StartReduce,
     Step,
     SuspendJobs,
@@ -34,6 +37,9 @@ from apwa.core.decide import (
     without_times,
 )
 from apwa.core.planned import make_plan, stall_of
+from apwa.core.retry import accept as accept_retry
+from apwa.core.retry import observed as retry_observed
+from apwa.core.retry import requested as retry_requested
 from apwa.core.tally import Tally
 
 __all__ = [
@@ -44,12 +50,15 @@ __all__ = [
     "ChildIndex",
     "CreateJobs",
     "DeleteWorkload",
+    "HoldQueuedJobs",
     "JobState",
     "PatchStatus",
     "PodResult",
     "PostEvent",
     "RecordOutcomes",
     "ReleaseJobs",
+    "Reset",
+    "ResetOutcomes",
     "Stalled",
     "StartReduce",
     "Step",
@@ -57,6 +66,7 @@ __all__ = [
     "Tally",
     "World",
     "WriteStatus",
+    "accept_retry",
     "collect",
     "decide",
     "event_message",
@@ -66,6 +76,8 @@ __all__ = [
     "outcome_of",
     "planning_status",
     "read_spec",
+    "retry_observed",
+    "retry_requested",
     "stall_of",
     "stalled",
     "without_times",

@@ -23,6 +23,26 @@ class RecordOutcomes:
 
 
 @dataclass(frozen=True, slots=True)
+class Reset:
+    """One failed subtask a retry runs again: its index, the attempt, the failure it replaces
+    (as status.failedSubtasks lists it) and what that failure's pods spent."""
+
+    index: int
+    attempt: int
+    was: dict[str, Any]
+    usage: dict[str, Any] | None = None  # what the earlier attempts' agents spent: spent stays spent
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcomes:
+    """A retry was accepted: un-record these failures, durably (the store keeps each as pending
+    for `attempt`), before the status that says so is written. Their next Jobs are `attempt`'s."""
+
+    resets: tuple[Reset, ...]
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseJobs:
     """Outcomes stored: forget these subtasks' children, and only now let each Job's TTL run.
     Entries are (index, Job name, ttlSecondsAfterFinished or None)."""
@@ -32,10 +52,24 @@ class ReleaseJobs:
 
 @dataclass(frozen=True, slots=True)
 class SuspendJobs:
-    """Set spec.suspend of these active Jobs, entries (index, Job name)."""
+    """Follow spec.suspend: suspend these unfinished Jobs and mark them held (ANNOTATION_HELD), or
+    unsuspend these held Jobs and unmark them. Entries (index, Job name). Only Jobs not Kueue's:
+    see HoldQueuedJobs."""
 
     jobs: tuple[tuple[int, str], ...]
     suspend: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldQueuedJobs:
+    """Follow spec.suspend for Kueue's Jobs: deactivate (hold) or reactivate their Kueue Workloads
+    (spec.active), then mark or unmark the Jobs held. Never the Jobs' own spec.suspend: Kueue
+    unsuspends an admitted Job that is suspended directly, and only Kueue may unsuspend a Job it
+    queued. Entries (index, Job name); a Job whose Workload Kueue has not made yet stays unmarked,
+    so a later step tries again."""
+
+    jobs: tuple[tuple[int, str], ...]
+    hold: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +115,10 @@ class DeleteWorkload:
 
 Action = (
     RecordOutcomes
+    | ResetOutcomes
     | ReleaseJobs
     | SuspendJobs
+    | HoldQueuedJobs
     | CreateJobs
     | StartReduce
     | WriteStatus

@@ -13,7 +13,15 @@ from typing import Any
 
 from apwa.api.vocabulary import Reason, Role
 from apwa.common.times import parse_iso
-from apwa.rendering import LABEL_INDEX, LABEL_ROLE, RESULT_FINALIZER, STORE_SIDECAR
+from apwa.rendering import (
+    ANNOTATION_HELD,
+    LABEL_ATTEMPT,
+    LABEL_INDEX,
+    LABEL_KUEUE_QUEUE,
+    LABEL_ROLE,
+    RESULT_FINALIZER,
+    STORE_SIDECAR,
+)
 from apwa.results import (
     ResultTruncated,
     StoreFailed,
@@ -45,15 +53,25 @@ class JobState:
     finished_at: float | None = None  # epoch seconds, from the Job's condition
     uid: str = ""
     failed_pods: int = 0  # status.failed: failures counted against backoffLimit (Ignored ones are not)
+    queued: bool = False  # Kueue's (LABEL_KUEUE_QUEUE): Kueue unsuspends it on admission, and only Kueue
+    held: bool = False  # ANNOTATION_HELD: spec.suspend stopped it, and only resuming it restarts it
+
+    @property
+    def awaiting_admission(self) -> bool:
+        """Suspended by Kueue until its quota admits it (not by spec.suspend): pending, not active."""
+        return self.queued and self.suspended and not self.held and not self.finished
 
     @classmethod
     def from_body(cls, job: dict[str, Any]) -> JobState:
         status = job.get("status") or {}
+        meta = job["metadata"]
         state = cls(
-            name=job["metadata"]["name"],
+            name=meta["name"],
             suspended=bool((job.get("spec") or {}).get("suspend")),
-            uid=job["metadata"].get("uid", ""),
+            uid=meta.get("uid", ""),
             failed_pods=int(status.get("failed") or 0),
+            queued=LABEL_KUEUE_QUEUE in (meta.get("labels") or {}),
+            held=(meta.get("annotations") or {}).get(ANNOTATION_HELD) == "true",
         )
         for c in status.get("conditions") or []:
             if c.get("status") != "True":
@@ -201,6 +219,11 @@ def index_of(body: dict[str, Any]) -> int:
     return int(body["metadata"]["labels"][LABEL_INDEX])
 
 
+def attempt_of(body: dict[str, Any]) -> int:
+    """The retry a child belongs to; children made before retries existed carry no label: 0."""
+    return int((body["metadata"].get("labels") or {}).get(LABEL_ATTEMPT) or 0)
+
+
 @dataclass(frozen=True, slots=True)
 class JobEffect:
     changed: bool = False
@@ -228,6 +251,24 @@ class ChildIndex:
     # released once the outcome (or the final status) is stored. Kept by `clear`.
     held: dict[int, set[str]] = field(default_factory=dict)
     reduce_held: set[str] = field(default_factory=set)
+    # Retries (core/retry.py): the attempt of each subtask a retry reset and that has no outcome
+    # yet (absent: 0), and the retry the reduce belongs to. Children of any other attempt are
+    # history: their outcome was stored before the retry, so they are ignored (and released).
+    attempts: dict[int, int] = field(default_factory=dict)
+    round: int = 0
+
+    def current(self, body: dict[str, Any]) -> bool:
+        """The child belongs to the attempt that counts now for its subtask (or reduce)."""
+        if role_of(body) == Role.REDUCE:
+            return attempt_of(body) == self.round
+        return attempt_of(body) == self.attempts.get(index_of(body), 0)
+
+    def set_round(self, attempt: int) -> None:
+        """The retry accepted last: a reduce of an earlier one no longer counts."""
+        if attempt != self.round:
+            self.round = attempt
+            self.reduce_job = self.reduce_pod = None
+
     # What each finished pod's agent spent, by subtask and pod name: a subtask retried inside its
     # Job spent tokens in every attempt. Pods hold RESULT_FINALIZER until the outcome is stored,
     # so after a restart the relist finds all of them again.
@@ -237,6 +278,8 @@ class ChildIndex:
     def job_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> JobEffect:
         """Apply a watch event; say whether it matters (and whether a Job has just finished)."""
         role = role_of(body)
+        if role not in (Role.REDUCE, Role.SUBTASK) or not self.current(body):
+            return JobEffect()
         if role == Role.REDUCE:
             self.reduce_job = None if event_type == "DELETED" else JobState.from_body(body)
             return JobEffect(changed=True)
@@ -259,7 +302,7 @@ class ChildIndex:
         if event_type == "DELETED":
             return False  # the last state seen stays: a deleted pod's message is still its result
         result = PodResult.from_body(body)
-        if result is None:
+        if result is None or not self.current(body):
             return False
         if role_of(body) == Role.REDUCE:
             self._spend(None, body, result)
@@ -290,6 +333,8 @@ class ChildIndex:
             return False
         if body["metadata"].get("deletionTimestamp") and PodResult.from_body(body) is None:
             return True
+        if not self.current(body):
+            return True  # an earlier attempt's: its outcome was stored before the retry
         if index is None:
             self.reduce_held.add(name)
             return False
@@ -321,6 +366,8 @@ class ChildIndex:
 
     def seed_job(self, body: dict[str, Any], recorded: Container[int]) -> None:
         """A Job listed at start: what the watch already delivered is newer, and wins."""
+        if not self.current(body):
+            return
         if role_of(body) == Role.REDUCE:
             self.reduce_job = self.reduce_job or JobState.from_body(body)
             return
@@ -330,7 +377,7 @@ class ChildIndex:
 
     def seed_pod(self, body: dict[str, Any], recorded: Container[int]) -> None:
         result = PodResult.from_body(body)
-        if result is None:
+        if result is None or not self.current(body):
             return
         if role_of(body) == Role.REDUCE:
             self._spend(None, body, result)
@@ -383,9 +430,19 @@ class ChildIndex:
         """The outcome is stored: nothing about this subtask's children matters any more."""
         self.jobs.pop(index, None)
         self.pods.pop(index, None)
+        self.attempts.pop(index, None)
         self.spent.pop(index, None)
+
+    def retry(self, index: int, attempt: int) -> None:
+        """A retry reset this subtask: only `attempt`'s children count now, and it needs a Job.
+        What its earlier pods spent went into its earlier outcome already."""
+        self.attempts[index] = attempt
+        self.pods.pop(index, None)
+        self.spent.pop(index, None)
+        self.lose(index)
 
     def clear(self) -> None:
         self.jobs.clear()
         self.pods.clear()
+        self.attempts.clear()
         self.spent.clear()

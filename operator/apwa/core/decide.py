@@ -22,6 +22,7 @@ from apwa.core.actions import (
     Action,
     CreateJobs,
     DeleteWorkload,
+    HoldQueuedJobs,
     PatchStatus,
     PostEvent,
     RecordOutcomes,
@@ -107,23 +108,24 @@ def decide(w: World, now: float) -> Step:
     released = _released(w, tally)
     if released:
         actions.append(ReleaseJobs(released))
-    active = [i for i, j in w.children.jobs.items() if not j.finished and i not in tally]
-    to_flip = tuple((i, w.children.jobs[i].name) for i in active if w.children.jobs[i].suspended != w.spec.suspend)
-    if to_flip:
-        actions.append(SuspendJobs(to_flip, w.spec.suspend))
+    unfinished = [i for i, j in w.children.jobs.items() if not j.finished and i not in tally]
+    actions += _follow_suspend(w, unfinished)
     allowed = w.spec.failure.allowed(len(w.plan))
     failing = tally.failed > allowed
     spent = _budget_spent(w.spec, tally)
     if not w.spec.suspend and not failing and not spent:
-        create, resume_at = _window(w, tally, len(active))
+        # The window counts every unfinished Job, admitted by Kueue or not (docs/kueue.md says why).
+        create, resume_at = _window(w, tally, len(unfinished))
         if create:
             actions.append(CreateJobs(create, resume_at))
-    verdict = _verdict(w, tally, allowed, failing, len(active), now)
+    queued = sum(1 for i in unfinished if w.children.jobs[i].awaiting_admission)
+    active = len(unfinished) - queued
+    verdict = _verdict(w, tally, allowed, failing, active, queued, now)
     if spent and not failing and tally.finished < len(w.plan):
-        verdict = _out_of_tokens(w, tally, len(active), now)
+        verdict = _out_of_tokens(w, tally, active + queued, now)
     if verdict.phase == Phase.REDUCING and w.children.reduce_job is None:
         actions += [StartReduce(), PostEvent(EventType.NORMAL, Reason.REDUCING, _REDUCE_STARTED)]
-    status = _status(w, tally, verdict, len(active), now)
+    status = _status(w, tally, verdict, active, queued, now)
     actions.insert(_status_position(actions), WriteStatus(status, final=verdict.completion is not None))
     if verdict.completion and not w.previous.get("completionTime"):
         actions.append(_finished_event(verdict))
@@ -159,6 +161,26 @@ def collect(
     return out, retry
 
 
+def _follow_suspend(w: World, unfinished: Sequence[int]) -> list[Action]:
+    """spec.suspend holds every unfinished Job; resuming releases only the Jobs it held, so a Job
+    suspended by anything else (Kueue, until its quota admits it) is never unsuspended here."""
+    jobs = w.children.jobs
+    if w.spec.suspend:
+        # A held Job of ours unsuspended by someone else is suspended again; Kueue keeps a Job
+        # suspended itself once its Workload is inactive.
+        flip = [i for i in unfinished if not jobs[i].held or not (jobs[i].suspended or jobs[i].queued)]
+    else:
+        flip = [i for i in unfinished if jobs[i].held]
+    own = tuple((i, jobs[i].name) for i in flip if not jobs[i].queued)
+    kueue = tuple((i, jobs[i].name) for i in flip if jobs[i].queued)
+    actions: list[Action] = []
+    if own:
+        actions.append(SuspendJobs(own, w.spec.suspend))
+    if kueue:
+        actions.append(HoldQueuedJobs(kueue, w.spec.suspend))
+    return actions
+
+
 def _released(w: World, tally: Tally) -> tuple[tuple[int, str, int | None], ...]:
     """Jobs whose outcome is recorded (now or before): each with its template's TTL."""
     return tuple(
@@ -183,14 +205,13 @@ def _window(w: World, tally: Tally, active: int) -> tuple[tuple[int, ...], int]:
     return tuple(picked), i
 
 
-def _verdict(w: World, tally: Tally, allowed: int, failing: bool, active: int, now: float) -> Verdict:
+def _verdict(w: World, tally: Tally, allowed: int, failing: bool, active: int, queued: int, now: float) -> Verdict:
     total = len(w.plan)
     if failing:
         message = f"{tally.failed} subtasks failed, more than the {allowed} allowed by spec.failurePolicy"
-        if active:
-            return Verdict(
-                Phase.FAILED, Reason.TOO_MANY_FAILURES, f"{message}; no new subtasks start, {active} still finishing"
-            )
+        if active + queued:
+            still = f"{active + queued} still finishing"
+            return Verdict(Phase.FAILED, Reason.TOO_MANY_FAILURES, f"{message}; no new subtasks start, {still}")
         return Verdict(Phase.FAILED, Reason.TOO_MANY_FAILURES, message, completion=_completion(w.previous, now))
     if tally.finished == total:
         return _all_finished(w, tally, now)
@@ -198,6 +219,8 @@ def _verdict(w: World, tally: Tally, allowed: int, failing: bool, active: int, n
         message = f"suspended: {tally.finished}/{total} subtasks finished; set spec.suspend=false to resume"
         return Verdict(Phase.SUSPENDED, Reason.SUSPENDED, message)
     message = f"{tally.succeeded}/{total} subtasks succeeded, {tally.failed} failed, {active} active"
+    if queued:
+        message += f", {queued} awaiting admission by Kueue"
     return Verdict(Phase.RUNNING, Reason.SUBTASKS_RUNNING, message)
 
 
@@ -274,7 +297,7 @@ def _ready_reason(status: Mapping[str, Any]) -> str:
     return ""
 
 
-def _status(w: World, tally: Tally, v: Verdict, active: int, now: float) -> dict[str, Any]:
+def _status(w: World, tally: Tally, v: Verdict, active: int, queued: int, now: float) -> dict[str, Any]:
     prev = w.previous
     result = v.result if v.result is not None else prev.get("result") if v.completion else None
     return build(
@@ -285,6 +308,7 @@ def _status(w: World, tally: Tally, v: Verdict, active: int, now: float) -> dict
         total=len(w.plan),
         active=active,
         agg=tally,
+        awaiting_admission=queued,
         previous=dict(prev),
         start_time=prev.get("startTime") or format_iso(now),
         completion_time=v.completion,
@@ -345,6 +369,7 @@ def stalled(
     written: Mapping[str, Any] | None,
     backoff: float,
     now: float,
+    awaiting_admission: int = 0,
 ) -> tuple[Step, float]:
     """Report what blocks the workload, once per change, and back off while it stays blocked.
 
@@ -359,6 +384,7 @@ def stalled(
         total=total,
         active=active,
         agg=outcomes,
+        awaiting_admission=awaiting_admission,
         previous=dict(previous),
         stalled=True,
         start_time=previous.get("startTime"),

@@ -1,8 +1,11 @@
 """Subtask + template -> Kubernetes manifests (Jobs, NetworkPolicy). Pure."""
 
 from apwa.rendering.jobs import (
+    ANNOTATION_HELD,
     DEFAULT_SIDECAR_IMAGE,
+    LABEL_ATTEMPT,
     LABEL_INDEX,
+    LABEL_KUEUE_QUEUE,
     LABEL_ROLE,
     LABEL_UID,
     LABEL_WORKLOAD,
@@ -16,13 +19,16 @@ from apwa.rendering.jobs import (
     render_reduce_job,
     without_result_finalizer,
 )
-from apwa.rendering.names import child_name, job_name, label_value
+from apwa.rendering.names import attempt_suffix, child_name, job_name, label_value
 from apwa.rendering.netpol import render_network_policy
 from apwa.rendering.placeholders import substitute
 
 __all__ = [
+    "ANNOTATION_HELD",
     "DEFAULT_SIDECAR_IMAGE",
+    "LABEL_ATTEMPT",
     "LABEL_INDEX",
+    "LABEL_KUEUE_QUEUE",
     "LABEL_ROLE",
     "LABEL_UID",
     "LABEL_WORKLOAD",
@@ -32,6 +38,7 @@ __all__ = [
     "STORE_SIDECAR",
     "Owner",
     "RenderError",
+    "attempt_suffix",
     "child_name",
     "job_name",
     "label_value",

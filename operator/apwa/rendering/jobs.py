@@ -21,7 +21,7 @@ from apwa.api.models import (
 from apwa.api.vocabulary import Role
 from apwa.planning.base import Subtask
 from apwa.rendering.failure_policy import pod_failure_policy
-from apwa.rendering.names import child_name, job_name, label_value
+from apwa.rendering.names import attempt_suffix, child_name, job_name, label_value
 from apwa.rendering.placeholders import PlaceholderError, substitute
 from apwa.results.keys import OUTCOME_CHUNK, location_env, workload_root
 from apwa.results.protocol import message_budget
@@ -30,7 +30,16 @@ LABEL_WORKLOAD = "apwa.dev/workload"
 LABEL_UID = "apwa.dev/workload-uid"
 LABEL_INDEX = "apwa.dev/index"
 LABEL_ROLE = "apwa.dev/role"
+# The retry a subtask's (or the reduce's) Job and pods belong to: 0 for the first run. Absent on
+# children made before retries existed, which read as 0.
+LABEL_ATTEMPT = "apwa.dev/attempt"
 ANNOTATION_TEMPLATE = "apwa.dev/template"
+# On a Job that spec.suspend suspended (or whose Kueue Workload it deactivated): only Jobs marked so
+# are resumed, so a Job suspended by anything else (Kueue waiting for quota) is never unsuspended.
+ANNOTATION_HELD = "apwa.dev/held"
+# Kueue's LocalQueue label (docs/kueue.md): on the workload, it passes to every child like any other
+# label; a Job carrying it is Kueue's to start (created suspended, unsuspended once admitted).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "apwa"}
 # The container's termination message is the result channel; the worker writes here.
 RESULT_PATH = "/dev/termination-log"
@@ -99,7 +108,9 @@ def metadata(owner: Owner, name: str, extra_labels: dict[str, str]) -> dict[str,
     return meta
 
 
-def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count: int) -> dict[str, Any]:
+def render_job(
+    owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count: int, attempt: int = 0
+) -> dict[str, Any]:
     template = spec.templates[subtask.template]
     item_json = json.dumps(subtask.item, separators=(",", ":"), sort_keys=True)
     env = {
@@ -109,7 +120,9 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         "APWA_ITEM": item_json,
     }
     context = {"index": subtask.index, "count": count, "workload": owner.name, "item": subtask.item}
-    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value}
+    labels = {LABEL_INDEX: str(subtask.index), LABEL_ROLE: Role.SUBTASK.value, LABEL_ATTEMPT: str(attempt)}
+    if attempt:
+        env["APWA_ATTEMPT"] = str(attempt)  # a worker with side effects outside may want to know
     if spec.store is not None:
         env["APWA_OUTPUT_PATH"] = OUTPUT_PATH
     if spec.agent is not None:
@@ -119,7 +132,7 @@ def render_job(owner: Owner, spec: ParallelWorkloadSpec, subtask: Subtask, count
         spec,
         subtask.template,
         template,
-        name=job_name(owner.name, subtask.index),
+        name=job_name(owner.name, subtask.index, attempt),
         labels=labels,
         env=env,
         context=context,
@@ -144,7 +157,12 @@ def _agent_key(pod: dict[str, Any], agent: AgentSpec) -> None:
 
 
 def render_reduce_job(
-    owner: Owner, spec: ParallelWorkloadSpec, results_config_map: str, results_key: str, total: int = 0
+    owner: Owner,
+    spec: ParallelWorkloadSpec,
+    results_config_map: str,
+    results_key: str,
+    total: int = 0,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     """The reduce Job: the results ConfigMap is mounted read-only at RESULTS_MOUNT; with a store,
     an init container streams the results out of it into a file instead."""
@@ -164,8 +182,8 @@ def render_reduce_job(
         spec,
         name,
         spec.templates[name],
-        name=child_name(owner.name, Role.REDUCE.value),
-        labels={LABEL_ROLE: Role.REDUCE.value},
+        name=child_name(owner.name, attempt_suffix(Role.REDUCE.value, attempt)),
+        labels={LABEL_ROLE: Role.REDUCE.value, LABEL_ATTEMPT: str(attempt)},
         env=env,
         context=context,
     )
@@ -334,7 +352,8 @@ def _job(
                 # The result travels in the termination message; on a crash the log tail stands in.
                 c.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
 
-    pod_labels = {**(pod_meta.get("labels") or {}), **metadata(owner, name, labels)["labels"]}
+    meta = metadata(owner, name, labels)
+    pod_labels = {**(pod_meta.get("labels") or {}), **meta["labels"]}
     finalizers = [f for f in pod_meta.get("finalizers") or [] if f != RESULT_FINALIZER] + [RESULT_FINALIZER]
     pod_template["metadata"] = {**pod_meta, "labels": pod_labels, "finalizers": finalizers}
     job_spec: dict[str, Any] = {
@@ -345,6 +364,10 @@ def _job(
     }
     if template.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = template.active_deadline_seconds
+    if LABEL_KUEUE_QUEUE in meta["labels"]:
+        # Kueue's webhook would suspend it anyway; created suspended, no pod can start before
+        # admission even if that webhook is down (Kueue then finds it suspended and admits it).
+        job_spec["suspend"] = True
     # A worker that marks its failure final (apwa.worker.fail(..., final=True)) exits with
     # FINAL_EXIT_CODE: the Job fails at once instead of spending its backoffLimit on a hopeless retry
     # (unless the template's own podFailurePolicy decides that exit code).
@@ -355,7 +378,6 @@ def _job(
         raise RenderError(f"spec.templates.{template_name}.podFailurePolicy", str(e)) from None
     # No ttlSecondsAfterFinished here on purpose: the operator sets the template's TTL only after
     # it has stored the subtask's outcome, so a TTL can never delete an unrecorded result.
-    meta = metadata(owner, name, labels)
     meta["annotations"] = {ANNOTATION_TEMPLATE: template_name}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 

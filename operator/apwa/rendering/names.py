@@ -27,8 +27,13 @@ def child_name(workload: str, suffix: str) -> str:
     return f"{base[:room].rstrip('-')}-{_digest(workload)}{tail}"
 
 
-def job_name(workload: str, index: int) -> str:
-    return child_name(workload, str(index))
+def attempt_suffix(base: str, attempt: int) -> str:
+    """Attempt 0 keeps the name it always had; a retry's children get `-r<attempt>`."""
+    return base if attempt == 0 else f"{base}-r{attempt}"
+
+
+def job_name(workload: str, index: int, attempt: int = 0) -> str:
+    return child_name(workload, attempt_suffix(str(index), attempt))
 
 
 def label_value(name: str) -> str:

@@ -69,6 +69,18 @@ class Aggregate:
             bisect.insort(self._failed_indices, outcome.index)
         return True
 
+    def forget(self, index: int) -> SubtaskOutcome | None:
+        """Un-record a subtask (a retry runs it again); its outcome, if it had one."""
+        outcome = self.outcomes.pop(index, None)
+        if outcome is not None and not outcome.succeeded:
+            self._failed_indices.pop(bisect.bisect_left(self._failed_indices, index))
+        return outcome
+
+    @property
+    def failed_indices(self) -> list[int]:
+        """The failed subtasks, by index (the list itself: don't change it)."""
+        return self._failed_indices
+
     @property
     def succeeded(self) -> int:
         return len(self.outcomes) - len(self._failed_indices)

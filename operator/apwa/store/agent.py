@@ -125,6 +125,8 @@ async def outcome_lines(bucket: Bucket, root: str, chunk: int, *, resolve: bool)
     entries = json.loads(raw).get("outcomes", {}) if raw else {}
     for i in sorted(entries, key=int):
         entry = entries[i]
+        if "retry" in entry:  # a subtask a retry runs again (controller/store.py PENDING): no outcome
+            continue
         row = {"index": int(i), **entry}
         stored = entry.get("stored")
         if resolve and entry.get("ok") and stored:
