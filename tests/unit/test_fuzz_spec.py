@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 FAST = 300
 SLOW = 5_000
-MINIMAL_TEMPLATES = {"default": {"podTemplate": {"spec": {"containers": [{"name": "main", "image": "x"}]}}}}
+TEMPLATES = MINIMAL_TEMPLATES = {"default": {"podTemplate": {"spec": {"containers": [{"name": "main", "image": "x"}]}}}}
 
 
 def _data_for(spec: ParallelWorkloadSpec, data: Any) -> Any:
