@@ -60,7 +60,7 @@ def test_missing_default_template():
 
 
 def test_missing_default_template_of_a_strategy_without_template_names_is_refused_by_the_model():
-    with pytest.raises(ValidationError, match="spec.templates needs a 'default' template \\(range subtasks"):
+    with pytest.raises(ValidationError, match=r"spec.templates needs a 'default' template \(range subtasks"):
         spec({"range": {"end": 2}}, ("other",))
 
 

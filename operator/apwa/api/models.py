@@ -731,9 +731,9 @@ class ParallelWorkloadSpec(Model):
     )
     templates: dict[str, JobTemplate] = Field(
         description="Named Job templates. Subtasks use 'default' unless their item names another.",
+        min_length=1,
+        max_length=32,
         json_schema_extra={
-            "minProperties": 1,
-            "maxProperties": 32,
             "x-kubernetes-validations": [cel("self == oldSelf", "templates are immutable once set")],
         },
     )
