@@ -53,7 +53,7 @@ def dry_run(api: client.ApiClient, namespace: str, spec: dict[str, Any]) -> tupl
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": "fuzz"}, "spec": spec}
     try:
         stored = client.CustomObjectsApi(api).create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body, dry_run="All", field_validation="Strict"
+            GROUP, VERSION, namespace, PLURAL, body, dry_run="All", field_validation="Strict", _request_timeout=30
         )
     except ApiException as e:
         status = json.loads(e.body or "{}")
@@ -127,6 +127,7 @@ def test_the_api_server_and_the_models_agree_on_fuzzed_specs(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # thousands of examples: longer than the suite's 600 s per test
 @given(spec=fz.specs(kube=True))
 @settings(max_examples=SLOW, parent=_SUITE["hypothesis"])
 def test_thousands_of_fuzzed_specs_agree(api: client.ApiClient, fuzz_ns: str, spec: dict[str, Any]) -> None:

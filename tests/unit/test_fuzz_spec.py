@@ -88,6 +88,7 @@ def test_a_fuzzed_spec_is_refused_naming_a_field_or_planned(raw: dict[str, Any],
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # thousands of examples: longer than the suite's 600 s per test
 @given(raw=fz.specs(kube=False), data=planner_data)
 @settings(max_examples=SLOW)
 def test_thousands_of_fuzzed_specs_are_refused_naming_a_field_or_planned(raw: dict[str, Any], data: Any) -> None:
