@@ -295,7 +295,7 @@ class Decomposition(Model):
                     ".filter(x, x).size() <= 1",
                     "exactly one of " + ", ".join(STRATEGIES) + " must be set",
                 ),
-            ]
+            ],
         }
     )
     items: list[Any] | None = Field(
