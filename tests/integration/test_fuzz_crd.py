@@ -38,7 +38,7 @@ SLOW = 3_000
 DOCUMENTED = {
     "matrix-empty-axis": re.compile(r"spec\.decomposition\.matrix\.[^:]*: List should have at least 1 item"),
     "pod-failure-policy-container": re.compile(r"onExitCodes\.containerName .* is not a container"),
-    "template-name-not-dns-label": re.compile(r"template name .* must be a DNS label"),
+    "template-name-not-dns-label": re.compile(r"spec.templates: the name .* must be a DNS label"),
     "podtemplate-containers-shape": re.compile(r"podTemplate\.spec\.containers"),
     "items-template-unknown": re.compile(r"names template .* which is not in spec\.templates"),
 }

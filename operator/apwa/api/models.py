@@ -763,7 +763,9 @@ class ParallelWorkloadSpec(Model):
     def _templates_exist(self) -> ParallelWorkloadSpec:
         for name in self.templates:
             if not re.match(TEMPLATE_NAME_RE, name) or len(name) > 63:
-                raise ValueError(f"template name {name!r} must be a DNS label (lowercase, digits, '-')")
+                raise ValueError(
+                    f"spec.templates: the name {name!r} must be a DNS label (lowercase, digits, '-', at most 63)"
+                )
         if self.results and self.results.reduce and self.results.reduce.template not in self.templates:
             raise ValueError(
                 f"results.reduce.template {self.results.reduce.template!r} is not in spec.templates "
