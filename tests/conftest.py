@@ -23,7 +23,27 @@ from collections.abc import Iterator
 
 import pytest
 import s3_env
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from real_node import E2E_PREFIX, OPERATOR_NS, RELEASE, ROOT, RealNode, bring_up, helm_install
+
+# Hypothesis (the fuzz tests): `ci`, the default, draws the same examples on every run and keeps no
+# example database, so a CI failure reproduces by running the same test again; `explore`
+# (HYPOTHESIS_PROFILE=explore) draws new ones each run and remembers failures in .hypothesis/.
+# Each test sets its own example count (a few hundred in `make test`, thousands under `slow`).
+_FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, print_blob=True, suppress_health_check=_FUZZ_HEALTH
+)
+settings.register_profile(
+    "explore",
+    derandomize=False,
+    database=DirectoryBasedExampleDatabase(str(ROOT / ".hypothesis")),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_FUZZ_HEALTH,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 UP_TIMEOUT_S = float(os.environ.get("APWA_CLUSTER_UP_TIMEOUT", "1800"))
 # Every namespace of this pytest session starts with this prefix, and the session's operator
 # watches only those: concurrent sessions (or a hand-run operator) never handle each other's work.
-SESSION_PREFIX = f"it{uuid.uuid4().hex[:4]}-"
+# APWA_TEST_NS_PREFIX: a person sharing a cluster tells their namespaces apart (e.g. "fuzz-").
+SESSION_PREFIX = f"{os.environ.get('APWA_TEST_NS_PREFIX', 'it')}{uuid.uuid4().hex[:4]}-"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

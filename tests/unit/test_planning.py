@@ -4,6 +4,7 @@ import pytest
 from apwa.api.models import ParallelWorkloadSpec
 from apwa.planning import PlanningError, plan
 from apwa.planning.configmap import parse
+from pydantic import ValidationError
 
 POD = {"spec": {"containers": [{"name": "w", "image": "busybox"}]}}
 
@@ -55,7 +56,12 @@ def test_missing_template_names_field_and_choices():
 
 def test_missing_default_template():
     with pytest.raises(PlanningError, match="'default' template"):
-        plan(spec({"range": {"end": 2}}, ("other",)))
+        plan(spec({"items": [1]}, ("other",)))
+
+
+def test_missing_default_template_of_a_strategy_without_template_names_is_refused_by_the_model():
+    with pytest.raises(ValidationError, match=r"spec.templates needs a 'default' template \(range subtasks"):
+        spec({"range": {"end": 2}}, ("other",))
 
 
 def test_maximum():

@@ -25,6 +25,8 @@ STRATEGIES = ("items", "range", "shards", "matrix", "configMapRef", "planner", "
 # Beyond this many items the spec itself would approach etcd's object size limit; larger
 # inputs belong in a ConfigMap (or several shards of work per subtask).
 MAX_INLINE_ITEMS = 10_000
+# Strategies whose subtasks can't name a template: they all run spec.templates.default.
+TEMPLATE_FREE_STRATEGIES = ("range", "shards", "matrix", "objects")
 TEMPLATE_NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -290,6 +292,8 @@ class Decomposition(Model):
 
     model_config = ConfigDict(
         json_schema_extra={
+            # At least one strategy: CEL can't count `items`, but the schema can count properties.
+            "minProperties": 1,
             "x-kubernetes-validations": [
                 # CEL can't see `items` (a list of untyped JSON values has no CEL type), so the API
                 # server checks the typed strategies and the operator checks the rest (Stalled).
@@ -298,7 +302,7 @@ class Decomposition(Model):
                     ".filter(x, x).size() <= 1",
                     "exactly one of " + ", ".join(STRATEGIES) + " must be set",
                 ),
-            ]
+            ],
         }
     )
     items: list[Any] | None = Field(
@@ -443,7 +447,7 @@ class JobTemplate(Model):
                         "containers": {
                             "type": "array",
                             "minItems": 1,
-                            "items": {"type": "object", "additionalProperties": True},
+                            "items": {"type": "object", "additionalProperties": True, "required": ["name"]},
                         }
                     },
                 },
@@ -749,9 +753,9 @@ class ParallelWorkloadSpec(Model):
     )
     templates: dict[str, JobTemplate] = Field(
         description="Named Job templates. Subtasks use 'default' unless their item names another.",
+        min_length=1,
+        max_length=32,
         json_schema_extra={
-            "minProperties": 1,
-            "maxProperties": 32,
             "x-kubernetes-validations": [cel("self == oldSelf", "templates are immutable once set")],
         },
     )
@@ -795,11 +799,21 @@ class ParallelWorkloadSpec(Model):
     def _templates_exist(self) -> ParallelWorkloadSpec:
         for name in self.templates:
             if not re.match(TEMPLATE_NAME_RE, name) or len(name) > 63:
-                raise ValueError(f"template name {name!r} must be a DNS label (lowercase, digits, '-')")
+                raise ValueError(
+                    f"spec.templates: the name {name!r} must be a DNS label (lowercase, digits, '-', at most 63)"
+                )
         if self.results and self.results.reduce and self.results.reduce.template not in self.templates:
             raise ValueError(
                 f"results.reduce.template {self.results.reduce.template!r} is not in spec.templates "
                 f"(have: {', '.join(sorted(self.templates))})"
+            )
+        strategy = self.decomposition.strategy
+        if strategy in TEMPLATE_FREE_STRATEGIES and DEFAULT_TEMPLATE not in self.templates:
+            # The CRD's CEL rule says the same; without it here, `apwa validate` passed what the
+            # API server refuses (found by tests/integration/test_fuzz_crd.py).
+            raise ValueError(
+                f"spec.templates needs a '{DEFAULT_TEMPLATE}' template ({strategy} subtasks use it; "
+                f"have: {', '.join(sorted(self.templates))})"
             )
         if self.decomposition.objects is not None and self.store is None:
             raise ValueError("decomposition.objects needs spec.store (the bucket the objects are listed from)")

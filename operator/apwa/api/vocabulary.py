@@ -44,6 +44,7 @@ class Reason(StrEnum):
     TOKEN_BUDGET_EXHAUSTED = "TokenBudgetExhausted"  # spec.agent.maxTotalTokens spent: nothing new starts
     REDUCE_FAILED = "ReduceFailed"
     RESULT_TRUNCATED = "ResultTruncated"  # a subtask's or the reduce's message was cut by the kubelet
+    RESULT_INVALID = "ResultInvalid"  # whole, but not a result the status can hold (NaN, 1e400, too deep)
     RESULT_LOST = "ResultLost"  # a Job succeeded but its pod was gone before its message was read
     FINAL = "Final"  # the worker said retrying cannot help (apwa.worker.fail(..., final=True))
     STORE_FAILED = "StoreFailed"  # the store sidecar could not upload a subtask's result

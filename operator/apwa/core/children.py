@@ -23,6 +23,7 @@ from apwa.rendering import (
     STORE_SIDECAR,
 )
 from apwa.results import (
+    ResultInvalid,
     ResultTruncated,
     StoreFailed,
     SubtaskOutcome,
@@ -174,8 +175,8 @@ def outcome_of(index: int, job: JobState, pod: PodResult | None, usage: dict[str
             return SubtaskOutcome(index, True, stored=pod.stored, job=job.name, usage=spent)
         try:
             result = decode_result(pod.message, pod.budget) if pod else None
-        except ResultTruncated as e:  # never a success without its whole result
-            reason = Reason.RESULT_TRUNCATED.value
+        except (ResultTruncated, ResultInvalid) as e:  # never a success without its whole, writable result
+            reason = unreadable_reason(e).value
             return SubtaskOutcome(index, False, reason=reason, message=str(e), job=job.name, usage=spent)
         return SubtaskOutcome(index, True, result=result, job=job.name, usage=spent)
     text, final = decode_failure(pod.message if pod else None)
@@ -189,6 +190,10 @@ def outcome_of(index: int, job: JobState, pod: PodResult | None, usage: dict[str
         failed_pods=job.failed_pods or None,
         usage=spent,
     )
+
+
+def unreadable_reason(e: ResultTruncated | ResultInvalid) -> Reason:
+    return Reason.RESULT_TRUNCATED if isinstance(e, ResultTruncated) else Reason.RESULT_INVALID
 
 
 def result_lost(index: int, job: JobState, usage: dict[str, Any] | None = None) -> SubtaskOutcome:

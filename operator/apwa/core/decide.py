@@ -32,11 +32,11 @@ from apwa.core.actions import (
     SuspendJobs,
     WriteStatus,
 )
-from apwa.core.children import DEADLINE_EXCEEDED, ChildIndex, lost_message, outcome_of
+from apwa.core.children import DEADLINE_EXCEEDED, ChildIndex, lost_message, outcome_of, unreadable_reason
 from apwa.core.tally import Tally
 from apwa.manifest import format_validation_error
 from apwa.planning import Subtask
-from apwa.results import Aggregate, ResultTruncated, SubtaskOutcome, decode_failure, decode_result
+from apwa.results import Aggregate, ResultInvalid, ResultTruncated, SubtaskOutcome, decode_failure, decode_result
 from apwa.results.usage import usage_status
 from apwa.status import build
 
@@ -283,8 +283,8 @@ def _all_finished(w: World, tally: Tally, now: float) -> Verdict:
             return Verdict(Phase.SUCCEEDED, Reason.REDUCED, base, {"stored": pod.stored}, format_iso(now))
         try:
             result = decode_result(pod.message, pod.budget)
-        except ResultTruncated as e:
-            return Verdict(Phase.FAILED, Reason.RESULT_TRUNCATED, f"the reduce step's {e}", None, format_iso(now))
+        except (ResultTruncated, ResultInvalid) as e:
+            return Verdict(Phase.FAILED, unreadable_reason(e), f"the reduce step's result: {e}", None, format_iso(now))
         return Verdict(Phase.SUCCEEDED, Reason.REDUCED, base, result, format_iso(now))
     detail = (decode_failure(pod.message)[0] if pod else "") or job.message
     return Verdict(Phase.FAILED, Reason.REDUCE_FAILED, f"the reduce step failed: {detail}", None, format_iso(now))

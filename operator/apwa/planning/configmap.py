@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from apwa.common import kjson
 from apwa.planning.base import PlanningError
 
 
@@ -13,9 +14,11 @@ def parse(text: str, fmt: str = "Auto", *, field: str = "spec.decomposition.conf
         fmt = "JSON" if text.lstrip().startswith("[") else "JSONLines"
     if fmt == "JSON":
         try:
-            value = json.loads(text)
+            value = kjson.loads(text)  # each item goes into a Job: it must be JSON Kubernetes carries
         except json.JSONDecodeError as e:
             raise PlanningError(field, f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        except kjson.UnfitJson as e:
+            raise PlanningError(field, str(e)) from None
         if not isinstance(value, list):
             raise PlanningError(field, f"expected a JSON array, got {type(value).__name__}")
         return value
@@ -24,7 +27,9 @@ def parse(text: str, fmt: str = "Auto", *, field: str = "spec.decomposition.conf
         if not line.strip():
             continue
         try:
-            items.append(json.loads(line))
+            items.append(kjson.loads(line))
         except json.JSONDecodeError as e:
             raise PlanningError(field, f"line {n} is not valid JSON: {e.msg} (column {e.colno})") from None
+        except kjson.UnfitJson as e:
+            raise PlanningError(field, f"line {n}: {e}") from None
     return items

@@ -6,7 +6,9 @@ from apwa.api.models import RangeSpec
 
 
 def count(spec: RangeSpec) -> int:
-    return len(range(spec.start, spec.end, spec.step))
+    # Arithmetic, not len(range(...)): len raises OverflowError past sys.maxsize values, which an
+    # int64 range (what the CRD admits) can reach.
+    return max(0, -(-(spec.end - spec.start) // spec.step))
 
 
 def expand(spec: RangeSpec) -> Iterator[int]:

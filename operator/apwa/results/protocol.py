@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from apwa.common import kjson
+
 MAX_RESULT_BYTES = 4096  # the kubelet's limit for one container's termination message
 MAX_POD_MESSAGE_BYTES = 12 * 1024  # shared by all containers of a pod
 # The documented ceiling of one stored result (the store sidecar refuses more; the output volume
@@ -36,6 +38,10 @@ ENVELOPE_KEY = "apwa"
 # envelope with "final": true; every rendered Job's podFailurePolicy fails at once on it.
 FINAL_EXIT_CODE = 86
 _ENVELOPE_PREFIX = '{"' + ENVELOPE_KEY + '":'
+# One report's token and request counts: far above any real pod's, and low enough that the sums
+# over 100,000 subtasks stay inside the CRD's int64 fields.
+MAX_USAGE_COUNT = 10**12
+MAX_USAGE_SECONDS = 10**9
 
 
 class ResultTooLarge(ValueError):
@@ -44,6 +50,27 @@ class ResultTooLarge(ValueError):
 
 class ResultTruncated(ValueError):
     """The termination message was cut by the kubelet: the result is lost, not partial."""
+
+
+class ResultInvalid(ValueError):
+    """The message is whole but can't be taken as a result: an envelope of an invalid version, or
+    JSON that the workload's status can't hold (apwa.common.kjson: NaN, Infinity, numbers beyond
+    float64, deep nesting)."""
+
+
+def _loads(text: str) -> Any:
+    """The message's JSON; json.JSONDecodeError when it is none, ResultInvalid when Kubernetes
+    could not carry it (kjson.NotJsonConstant, a ResultInvalid too, for NaN and Infinity)."""
+    try:
+        return kjson.loads(text)
+    except kjson.NotJsonConstant as e:
+        raise _NotJson(str(e)) from None
+    except kjson.UnfitJson as e:
+        raise ResultInvalid(str(e)) from None
+
+
+class _NotJson(ResultInvalid):
+    """NaN or Infinity: not JSON, although Python's json reads it."""
 
 
 def _compact(value: Any) -> str:
@@ -96,20 +123,20 @@ def decode_usage(message: str | None) -> dict[str, Any] | None:
     if not text.startswith(_ENVELOPE_PREFIX):
         return None
     try:
-        usage = json.loads(text).get("usage")
-    except (json.JSONDecodeError, AttributeError):
+        usage = _loads(text).get("usage")
+    except (ValueError, AttributeError):  # not JSON, not an object, or JSON the status can't hold
         return None
     if not isinstance(usage, dict):
         return None
     out: dict[str, Any] = {k: usage[k] for k in USAGE_COUNTS if _count(usage.get(k))}
     latency = usage.get("latency_seconds")
-    if isinstance(latency, int | float) and not isinstance(latency, bool) and latency >= 0:
+    if isinstance(latency, int | float) and not isinstance(latency, bool) and 0 <= latency <= MAX_USAGE_SECONDS:
         out["latency_seconds"] = float(latency)
     return out
 
 
 def _count(n: Any) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_USAGE_COUNT
 
 
 def decode_failure(message: str | None) -> tuple[str, bool]:
@@ -117,8 +144,8 @@ def decode_failure(message: str | None) -> tuple[str, bool]:
     text = (message or "").strip()
     if text.startswith(_ENVELOPE_PREFIX):
         try:
-            envelope = json.loads(text)
-        except json.JSONDecodeError:
+            envelope = _loads(text)
+        except ValueError:  # cut, or JSON the status can't hold: the text is still for people
             return text, False
         if isinstance(envelope, dict) and "error" in envelope:
             return str(envelope["error"]), envelope.get("final") is True
@@ -136,7 +163,9 @@ def decode_result(message: str | None, budget: int | None = None) -> Any:
     """The result a finished container reported. Text that is not JSON is kept as a string.
 
     Raises ResultTruncated for a cut envelope, and for text of exactly the kubelet's `budget` that
-    is not JSON (a bare value cut at the limit). `budget=None`: nothing could have cut it.
+    is not JSON (a bare value cut at the limit). `budget=None`: nothing could have cut it. Raises
+    ResultInvalid for an envelope of an invalid version and for JSON the status can't hold (a bare
+    value with NaN or Infinity is not JSON: text).
     """
     if message is None:
         return None
@@ -144,9 +173,11 @@ def decode_result(message: str | None, budget: int | None = None) -> Any:
     if not text:
         return None
     try:
-        decoded = json.loads(text)
-    except json.JSONDecodeError:
+        decoded = _loads(text)
+    except (json.JSONDecodeError, _NotJson) as e:  # (a bare value with NaN or Infinity is not JSON either)
         if text.startswith(_ENVELOPE_PREFIX):
+            if isinstance(e, _NotJson):
+                raise
             raise ResultTruncated(_truncated(message, budget)) from None
         if budget is not None and len(message.encode()) >= budget:
             raise ResultTruncated(_truncated(message, budget)) from None
@@ -158,8 +189,10 @@ def decode_result(message: str | None, budget: int | None = None) -> Any:
 
 def _open_envelope(envelope: dict[str, Any], message: str, budget: int | None) -> Any:
     version = envelope[ENVELOPE_KEY]
-    if not isinstance(version, int) or version < 1:
-        raise ValueError(f"result envelope has an invalid version {version!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ResultInvalid(
+            f"the result envelope has an invalid version {str(version)[:40]!r}: write {ENVELOPE_VERSION}"
+        )
     if "value" not in envelope and "usage" in envelope:
         # encode_usage's envelope: the result itself went to the store, and did not arrive.
         raise ResultTruncated(
@@ -199,8 +232,10 @@ def decode_stored(message: str | None) -> dict[str, Any] | None:
     if not text:
         return None
     try:
-        envelope = json.loads(text)
-    except json.JSONDecodeError:
+        envelope = _loads(text)
+    except ResultInvalid as e:
+        raise StoreFailed(f"the store sidecar's message can't be read: {e}") from None
+    except ValueError:
         raise StoreFailed(f"the store sidecar's message is not an envelope: {text[-300:]}") from None
     if not isinstance(envelope, dict) or ENVELOPE_KEY not in envelope:
         raise StoreFailed(f"the store sidecar's message is not an envelope: {text[-300:]}")
@@ -218,5 +253,5 @@ def decode_value(data: bytes) -> Any:
     """A stored result's value: JSON when it parses, otherwise the text (as termination messages)."""
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), or JSON too deep or too long to read
         return data.decode("utf-8", errors="replace")
