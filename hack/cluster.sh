@@ -157,6 +157,11 @@ healthy() {
 }
 
 kwokctl_delete() {
+  # A real node registered with this cluster must go with it: its kubelet would keep running and,
+  # registered once at its start, never register with the new cluster (node "not found").
+  if [ "$name" = apwa ]; then
+    KUBECTL="$bin/kubectl" APWA_BIN="$bin" bash "$here/hack/realnode.sh" down || log "real node cleanup failed (continuing)"
+  fi
   kueue_stop || log "stopping Kueue failed (continuing)"
   s3 stop || log "stopping the S3 server failed (continuing)" # its data lives in $cdir/s3
   if [ -x "$bin/kwokctl" ] && [ -d "$cdir" ]; then
