@@ -73,6 +73,9 @@ class ChildWatch:
 
     async def _run_path(self, path: str) -> None:
         VITALS.watch(path, self.timeout)
+        for reason in ("stalled", "error"):
+            # Present at 0 from the start: increase() and alerts see the first restart, not nothing.
+            metrics.WATCH_RESTARTS.labels(watch=path, reason=reason)
         backoff = Backoff(0.5, WATCH_BACKOFF_CAP)
         rv: str | None = None
         while True:
