@@ -12,7 +12,9 @@ import yaml
 from e2e_examples import example_namespace, wait_finished, wait_for
 from real_node import OPERATOR_NS, RELEASE, RealNode
 
-pytestmark = pytest.mark.e2e
+# Slow (CI's budget): the chart's upgrade and a run on real pods take 3 minutes; failover itself is
+# in `make test` (tests/integration/test_leader_election.py, tests/e2e/test_examples_real.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 N = 24
 WORKER = "from apwa import worker; import time; time.sleep(1); worker.emit(worker.index() * 10)"
 
