@@ -390,95 +390,94 @@ _DURATION = {
     "type": "string",
     "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
 }
-SERVICEMONITOR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["spec"],
-    "properties": {
-        "apiVersion": {"type": "string"},
-        "kind": {"type": "string"},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "required": ["selector"],
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "selector": {
+
+
+def _resource(spec: dict[str, Any]) -> dict[str, Any]:
+    """A custom resource's schema around the schema of its spec."""
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+        },
+    }
+
+
+SERVICEMONITOR_SCHEMA: dict[str, Any] = _resource(
+    {
+        "type": "object",
+        "required": ["selector"],
+        "properties": {
+            "jobLabel": {"type": "string"},
+            "selector": {
+                "type": "object",
+                "properties": {
+                    "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "matchExpressions": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "namespaceSelector": {
+                "type": "object",
+                "properties": {
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "endpoints": {
+                "type": "array",
+                "items": {
                     "type": "object",
                     "properties": {
-                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-                        "matchExpressions": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
-                "namespaceSelector": {
-                    "type": "object",
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "endpoints": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "scheme": {"type": "string", "enum": ["http", "https", "HTTP", "HTTPS"]},
-                            "interval": _DURATION,
-                            "scrapeTimeout": _DURATION,
-                            "honorLabels": {"type": "boolean"},
-                        },
+                        "port": {"type": "string"},
+                        "path": {"type": "string"},
+                        "scheme": {"type": "string", "enum": ["http", "https", "HTTP", "HTTPS"]},
+                        "interval": _DURATION,
+                        "scrapeTimeout": _DURATION,
+                        "honorLabels": {"type": "boolean"},
                     },
                 },
             },
         },
-    },
-}
+    }
+)
 
 
 # The same for PrometheusRule: prometheus-operator's rule group and rule fields, strict and typed
 # (expr is a string or a number upstream: int-or-string; `for` is a Prometheus duration).
-_PROM_DURATION = {
-    "type": "string",
-    "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
-}
+_PROM_DURATION = _DURATION  # the same Prometheus duration
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-PROMETHEUSRULE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["spec"],
-    "properties": {
-        "apiVersion": {"type": "string"},
-        "kind": {"type": "string"},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": _PROM_DURATION,
-                            "query_offset": _PROM_DURATION,
-                            "limit": {"type": "integer"},
-                            "labels": _STRING_MAP,
-                            "partial_response_strategy": {"type": "string"},
-                            "rules": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "required": ["expr"],
-                                    "properties": {
-                                        "record": {"type": "string"},
-                                        "alert": {"type": "string"},
-                                        "expr": {"x-kubernetes-int-or-string": True},
-                                        "for": _PROM_DURATION,
-                                        "keep_firing_for": _PROM_DURATION,
-                                        "labels": _STRING_MAP,
-                                        "annotations": _STRING_MAP,
-                                    },
+PROMETHEUSRULE_SCHEMA: dict[str, Any] = _resource(
+    {
+        "type": "object",
+        "properties": {
+            "groups": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "interval": _PROM_DURATION,
+                        "query_offset": _PROM_DURATION,
+                        "limit": {"type": "integer"},
+                        "labels": _STRING_MAP,
+                        "partial_response_strategy": {"type": "string"},
+                        "rules": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["expr"],
+                                "properties": {
+                                    "record": {"type": "string"},
+                                    "alert": {"type": "string"},
+                                    "expr": {"x-kubernetes-int-or-string": True},
+                                    "for": _PROM_DURATION,
+                                    "keep_firing_for": _PROM_DURATION,
+                                    "labels": _STRING_MAP,
+                                    "annotations": _STRING_MAP,
                                 },
                             },
                         },
@@ -486,8 +485,8 @@ PROMETHEUSRULE_SCHEMA: dict[str, Any] = {
                 },
             },
         },
-    },
-}
+    }
+)
 
 
 def strict(schema: Any) -> Any:
