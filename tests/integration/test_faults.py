@@ -299,7 +299,10 @@ def run_through(
     )
 
 
-@pytest.mark.parametrize("name", sorted(CI_FAULTS))
+@pytest.mark.parametrize(
+    "name",
+    [*sorted(CI_FAULTS), *(pytest.param(n, marks=pytest.mark.slow) for n in sorted(SLOW_FAULTS))],
+)
 def test_operator_waits_out_a_control_plane_fault(
     name: str,
     api: client.ApiClient,
@@ -307,19 +310,8 @@ def test_operator_waits_out_a_control_plane_fault(
     start_operator: Callable[..., OperatorProcess],
     control_plane: ControlPlane,
 ) -> None:
-    run_through(CI_FAULTS, name, api, fault_ns, start_operator(), control_plane)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SLOW_FAULTS))
-def test_operator_waits_out_a_longer_control_plane_fault(
-    name: str,
-    api: client.ApiClient,
-    fault_ns: str,
-    start_operator: Callable[..., OperatorProcess],
-    control_plane: ControlPlane,
-) -> None:
-    run_through(SLOW_FAULTS, name, api, fault_ns, start_operator(), control_plane)
+    faults = CI_FAULTS if name in CI_FAULTS else SLOW_FAULTS
+    run_through(faults, name, api, fault_ns, start_operator(), control_plane)
 
 
 # ---- faults on the path to the API server (the TLS-terminating proxy) -------------------------------
