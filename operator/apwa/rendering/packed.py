@@ -121,9 +121,9 @@ def _pack(
     pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), ANNOTATION_INDICES: indices}
     js.update(completionMode="Indexed", completions=size, parallelism=size)
     js["backoffLimitPerIndex"] = js.pop("backoffLimit")
-    # The Job fails only when more of its indexes failed than the whole workload tolerates: by then
-    # the workload has failed too, and no index is cut short that the failure policy would have run.
-    js["maxFailedIndexes"] = min(spec.failure.allowed(count), size)
+    # No maxFailedIndexes: the failure policy is the operator's, as in mode Jobs. Every index of a
+    # chunk starts at once (parallelism = completions), so there is nothing not yet started to
+    # spare; running subtasks finish and count, and no further chunk starts once the budget is spent.
     # A subtask's deadline is its pod's: the Job's would be the whole chunk's.
     deadline = js.pop("activeDeadlineSeconds", None)
     if deadline is not None:
