@@ -36,11 +36,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from apwa.api.models import MAX_CHUNK_SIZE, ParallelWorkloadSpec
 from apwa.kube.client import Kube, ns_path
+from apwa.planning import plan
+from apwa.rendering import Owner, without_result_finalizer
+from apwa.rendering.packed import render_chunk
 from operator_bench import DELAY_MS, POD, REPO, free_port, indexed, namespace, peak_rss_mib, raw, spec, watch_jobs
 
 RESULTS = REPO / "bench" / "results"
-SIDES = ("operator", "packed", "raw", "indexed")
+SIDES = ("operator", "packed", "raw", "indexed", "indexed-pod")
 OPERATOR_SIDES = ("operator", "packed")
 # Packed execution's chunk: subtasks per Indexed Job (--chunk).
 CHUNK = 1000
@@ -134,6 +138,25 @@ def bench_spec(n: int, packed: bool) -> dict[str, Any]:
     return out
 
 
+async def indexed_pod(kube: Kube, n: int) -> float:
+    """One Indexed Job of N completions with the pod APWA renders (its isolation, env, plan volume;
+    without the result finalizer, which only an operator releases), created directly: what the pod
+    itself costs the control plane and kwok, apart from anything the operator does."""
+    ns = await namespace(kube, "bench-indexed-pod")
+    body = bench_spec(n, packed=True)
+    body["execution"]["chunkSize"] = n
+    s = ParallelWorkloadSpec.model_validate(body)
+    job, plan_map = render_chunk(Owner("s", ns), s, plan(s), n)
+    without_result_finalizer(job)
+    started = time.perf_counter()
+    watcher = asyncio.create_task(watch_jobs(kube, ns, 1, started))
+    await kube.create(ns_path("v1", ns, "configmaps"), plan_map)
+    await kube.create(ns_path("batch/v1", ns, "jobs"), job)
+    _, complete = await watcher
+    await kube.delete(f"/api/v1/namespaces/{ns}")
+    return complete
+
+
 async def operator_side(kube: Kube, run: Run) -> None:
     port = free_port()
     log = open("/tmp/apwa-bench-scale-operator.log", "wb")
@@ -222,7 +245,11 @@ async def one(kube: Kube, n: int, repeat: int, side: str) -> Run:
     if side in OPERATOR_SIDES:
         await operator_side(kube, run)
     else:
-        await baseline_side(kube, run, raw if side == "raw" else indexed)
+        if side == "indexed-pod" and n > MAX_CHUNK_SIZE:
+            run.extra["skipped"] = f"one Indexed Job of the rendered pod is only made up to {MAX_CHUNK_SIZE}"
+            print(f"  N={n:>6} #{repeat} {side:<9} skipped: {run.extra['skipped']}", flush=True)
+            return run
+        await baseline_side(kube, run, {"raw": raw, "indexed": indexed, "indexed-pod": indexed_pod}[side])
     run.subtasks_per_s = n / run.complete_s
     print(f"  N={n:>6} #{repeat} {side:<9} complete {run.complete_s:8.1f} s  {run.subtasks_per_s:7.1f}/s", flush=True)
     return run
@@ -232,7 +259,15 @@ def summary(runs: list[Run]) -> None:
     print("\nratios of medians (spread: min..max of the per-repeat ratios)")
     for n in sorted({r.n for r in runs}):
         by = {s: [r for r in runs if r.n == n and r.side == s] for s in SIDES}
-        for mine, base in (("operator", "raw"), ("operator", "indexed"), ("packed", "indexed"), ("packed", "operator")):
+        pairs_of = (
+            ("operator", "raw"),
+            ("operator", "indexed"),
+            ("packed", "indexed"),
+            ("packed", "operator"),
+            ("packed", "indexed-pod"),
+            ("indexed-pod", "indexed"),
+        )
+        for mine, base in pairs_of:
             pairs = [
                 a.complete_s / b.complete_s for a, b in zip(by[mine], by[base], strict=False)
             ]  # same repeat: the sides ran back to back
@@ -280,7 +315,7 @@ def plot(runs: list[Run], stamp: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for side, marker in zip(SIDES, "oPsd", strict=True):
+    for side, marker in zip(SIDES, "oPsdx", strict=True):
         ns = sorted({r.n for r in runs if r.side == side})
         if not ns:
             continue
@@ -319,7 +354,9 @@ async def main_async(ns: list[int], repeats: int, repeats_at_100k: int, sides: t
             for rep in range(reps):
                 order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
                 for side in order:
-                    runs.append(await one(kube, n, rep, side))
+                    run = await one(kube, n, rep, side)
+                    if "skipped" not in run.extra:
+                        runs.append(run)
     finally:
         await kube.close()
     return runs
