@@ -58,7 +58,7 @@ def test_a_chunk_is_an_indexed_job_with_per_index_retries_and_its_plan() -> None
     subtasks = plan(s)[4:8]
     job, cm = render_chunk(OWNER, s, subtasks, 10)
     js = job["spec"]
-    assert job["metadata"]["name"] == "w-c4" and cm["metadata"]["name"] == "w-c4"
+    assert job["metadata"]["name"] == "w-c4" and cm["metadata"]["name"].startswith("w-c4-")
     assert (js["completionMode"], js["completions"], js["parallelism"], js["backoffLimitPerIndex"]) == (
         "Indexed",
         4,
@@ -75,7 +75,9 @@ def test_a_chunk_is_an_indexed_job_with_per_index_retries_and_its_plan() -> None
     assert lines == [{"index": i, "item": i} for i in range(4, 8)]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["APWA_PLAN_PATH"] == PLAN_PATH and "APWA_INDEX" not in env and "APWA_ITEM" not in env
-    assert {"name": "apwa-plan", "configMap": {"name": "w-c4"}} in pod["volumes"]
+    assert {"name": "apwa-plan", "configMap": {"name": cm["metadata"]["name"]}} in pod["volumes"]
+    other, other_plan = render_chunk(OWNER, s, plan(s)[4:6], 10)  # cut differently: another plan
+    assert other["metadata"]["name"] == "w-c4" and other_plan["metadata"]["name"] != cm["metadata"]["name"]
     # Isolation as for any subtask pod.
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True

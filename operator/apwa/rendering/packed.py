@@ -12,6 +12,7 @@ its subtask without reading the plan.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from functools import lru_cache
@@ -87,7 +88,7 @@ def plan_lines(subtasks: Sequence[Subtask]) -> str:
 def render_chunk(
     owner: Owner, spec: ParallelWorkloadSpec, subtasks: Sequence[Subtask], count: int, attempt: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The chunk's Indexed Job and the ConfigMap of its plan (same name). All subtasks share a template."""
+    """The chunk's Indexed Job and the ConfigMap of its plan. All subtasks share a template."""
     first = subtasks[0]
     template_name = first.template
     assert all(s.template == template_name for s in subtasks), "a chunk is cut where the template changes"
@@ -101,19 +102,20 @@ def render_chunk(
     context = {"count": count, "workload": owner.name, WHY_MISSING: _WHY}
     job = _job(owner, spec, template_name, template, name=name, labels=labels, env=env, context=context)
     job["metadata"]["annotations"][ANNOTATION_INDICES] = indices
-    _pack(job, spec, template_name, len(subtasks), count, indices, name)
+    # Named for its content too: a chunk cut differently after a restart (a wider window) gets a
+    # plan of its own instead of finding a stale one of the same name.
+    plan_name = f"{name}-{hashlib.sha256(indices.encode()).hexdigest()[:8]}"
+    _pack(job, template_name, len(subtasks), indices, plan_name)
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(owner, name, {LABEL_ROLE: Role.PLAN.value, LABEL_CHUNK: str(first.index)}),
+        "metadata": metadata(owner, plan_name, {LABEL_ROLE: Role.PLAN.value, LABEL_CHUNK: str(first.index)}),
         "data": {PLAN_KEY: plan_lines(subtasks)},
     }
     return job, config_map
 
 
-def _pack(
-    job: dict[str, Any], spec: ParallelWorkloadSpec, template_name: str, size: int, count: int, indices: str, name: str
-) -> None:
+def _pack(job: dict[str, Any], template_name: str, size: int, indices: str, plan_name: str) -> None:
     """The single-pod Job made Indexed: per-index retries, a per-pod deadline, the plan mounted."""
     js = job["spec"]
     pod = js["template"]["spec"]
@@ -136,7 +138,7 @@ def _pack(
         if v.get("name") == PLAN_VOLUME:
             where = f"spec.templates.{template_name}.podTemplate.spec.volumes[{i}].name"
             raise RenderError(where, f"{PLAN_VOLUME} is reserved by apwa; rename it")
-    pod.setdefault("volumes", []).append({"name": PLAN_VOLUME, "configMap": {"name": name}})
+    pod.setdefault("volumes", []).append({"name": PLAN_VOLUME, "configMap": {"name": plan_name}})
     for kind in ("initContainers", "containers"):
         for c in pod.get(kind) or []:
             if c.get("restartPolicy") == "Always":
