@@ -14,6 +14,7 @@ they use their own operator and a namespace outside the session's prefix.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import urllib.error
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import pytest
 from control_plane import Component, ControlPlane
-from fault_proxy import FaultProxy, Mode
-from helpers import Cluster, temporary_namespace, wait_for
+from fault_proxy import FaultProxy, Mode, Rule
+from helpers import Cluster, temporary_namespace, tool_dir, wait_for
 from kubernetes import client, watch
 from operator_proc import OperatorProcess
 from workloads import Workloads, pod_template, workload
@@ -385,6 +386,121 @@ def test_a_silently_stalled_watch_is_noticed_and_resumed(
         stalled = sum_metric(op.metrics(), "apwa_watch_restarts_total", 'reason="stalled"')
     print(f"\n[watch stalled, timeout {timeout}s] two more rounds recorded {resumed:.1f}s after the freeze")
     assert stalled >= 1, "no watch was restarted as stalled"
+
+
+# ---- 410 Gone: a watch resumed at a revision etcd has compacted ----------------------------------------
+@pytest.mark.parametrize(
+    "compacted",
+    [
+        pytest.param(True, id="compacted-410-then-relist"),
+        # Control: the same stall without the compaction resumes without any 410 (the test can fail).
+        pytest.param(False, id="control-not-compacted-no-410"),
+    ],
+)
+def test_a_watch_resumed_at_a_compacted_revision_relists(
+    compacted: bool,
+    api: client.ApiClient,
+    fault_ns: str,
+    proxy: FaultProxy,
+    start_operator: Callable[..., OperatorProcess],
+    control_plane: ControlPlane,
+) -> None:
+    """The operator's watches go silent (the proxy freezes them), etcd is compacted at its current
+    revision meanwhile, and the operator resumes them from the resourceVersion it had: 410 Gone.
+
+    The API server runs without its watch cache for this test: with the cache, a watch resumed
+    inside the cache's window is served from memory whatever etcd compacted (tried: it is), and
+    after an API server restart the fresh cache answers 410 for any older revision, compacted or
+    not. Without it, the watch goes to etcd, and the 410 comes from the compaction alone (the
+    control case shows that the same resume without compaction gets no 410).
+    """
+    etcdctl = tool_dir("etcdctl") / "etcdctl"
+    with control_plane.apiserver_flags("--watch-cache=false"):
+        op = start_operator({"APWA_WATCH_TIMEOUT": "5"}, kubeconfig=proxy.kubeconfig)
+        with Run(api, fault_ns, op) as run:
+            frozen = time.monotonic()
+            proxy.freeze_open_streams()
+            before = control_plane.etcd_revision(etcdctl)
+            # The run goes on (kwok finishes pods): revisions the frozen watches miss.
+            wait_for(lambda: control_plane.etcd_revision(etcdctl) > before + 20, 30, "etcd revisions after the freeze")
+            if compacted:
+                control_plane.compact(etcdctl)
+            target = run.succeeded() + 2 * PARALLELISM
+            wait_for(lambda: run.succeeded() >= target, 60, "two more rounds after the freeze")
+            resumed = time.monotonic() - frozen
+            run.check_end_state()
+            text = op.metrics()
+    expired = sum_metric(text, "apwa_watch_restarts_total", 'reason="expired"')
+    relisted = "410 Gone" in op.log_path.read_text()
+    print(f"\n[compacted={compacted}] two more rounds {resumed:.1f}s after the freeze; 410s seen: {expired:g}")
+    if compacted:
+        assert expired >= 1 and relisted, "no watch was answered 410 Gone after the compaction"
+    else:
+        assert expired == 0 and not relisted, "a 410 without a compaction: the test does not show what it claims"
+
+
+# ---- error answers on chosen requests: 429 storms with Retry-After, 5xx, 409 ---------------------------
+STATUS_PATCH = r"/parallelworkloads/f/status$"
+JOB_CREATE = r"/apis/batch/v1/namespaces/[^/]+/jobs$"
+
+
+@dataclass(frozen=True)
+class Storm:
+    rule: Rule
+    seconds: float  # how long the rule stays (a `times` rule ends earlier by itself)
+    min_gap: float  # consecutive answered requests of one serial writer are at least this far apart
+    max_answered: int  # more than this many answered requests would be a hot loop
+
+
+STORMS = {
+    # The status writer is serial (one loop per workload): each 429 must cost it Retry-After.
+    "429-retry-after-2s-on-status-patches": Storm(Rule(429, STATUS_PATCH, "PATCH", retry_after="2"), 20, 1.9, 11),
+    # Job creations run 8 at a time (the parallelism): at most 8 per Retry-After.
+    "429-retry-after-1s-on-job-creates": Storm(Rule(429, JOB_CREATE, "POST", retry_after="1"), 15, 0.0, 8 * 16),
+    # No Retry-After: the client's backoff (0.05 s doubling to 5 s), then the loop's 5 s.
+    "503-on-status-patches": Storm(Rule(503, STATUS_PATCH, "PATCH"), 20, 0.0, 20),
+    "500-on-status-patches": Storm(Rule(500, STATUS_PATCH, "PATCH"), 20, 0.0, 20),
+    # A conflict is not retried by the client: the step fails and the loop writes again 5 s later.
+    "409-on-5-status-patches": Storm(Rule(409, STATUS_PATCH, "PATCH", times=5), 60, 0.0, 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORMS))
+def test_error_answers_on_chosen_requests_are_honoured_and_change_no_outcome(
+    name: str,
+    api: client.ApiClient,
+    fault_ns: str,
+    proxy: FaultProxy,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    storm = STORMS[name]
+    op = start_operator(kubeconfig=proxy.kubeconfig)
+    with Run(api, fault_ns, op) as run:
+        start = time.monotonic()
+        proxy.answer(storm.rule)
+        # The storm's length, under test; a `times` rule ends sooner, once every answer is given.
+        while time.monotonic() < start + storm.seconds and not spent(storm.rule):
+            time.sleep(0.2)
+        if storm.rule.times is not None:
+            assert spent(storm.rule), f"only {storm.rule.hits} of {storm.rule.times} answers given"
+        proxy.clear()
+        healed = time.monotonic()
+        run.alive()
+        run.check_end_state()
+        ended = time.monotonic()
+    answered = proxy.seen.answered(storm.rule.status, storm.rule.method, storm.rule.path)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(answered)]
+    print(
+        f"\n[{name}] {len(answered)} answered {storm.rule.status} in {healed - start:.1f}s "
+        f"(smallest gap {min(gaps, default=0):.2f}s); complete {ended - healed:.1f}s after the storm"
+    )
+    assert answered, "the storm met no request: the rule is wrong"
+    assert len(answered) <= storm.max_answered, f"{len(answered)} requests in {healed - start:.0f}s: a hot loop"
+    assert min(gaps, default=storm.min_gap) >= storm.min_gap, f"Retry-After not honoured: gaps {gaps}"
+
+
+def spent(rule: Rule) -> bool:
+    return rule.times is not None and rule.hits >= rule.times
 
 
 def sum_metric(text: str, name: str, label: str) -> float:
