@@ -394,7 +394,7 @@ def test_a_silently_stalled_watch_is_noticed_and_resumed(
     [
         pytest.param(True, id="compacted-410-then-relist"),
         # Control: the same stall without the compaction resumes without any 410 (the test can fail).
-        pytest.param(False, id="control-not-compacted-no-410"),
+        pytest.param(False, id="control-not-compacted-no-410", marks=pytest.mark.slow),
     ],
 )
 def test_a_watch_resumed_at_a_compacted_revision_relists(
@@ -462,10 +462,19 @@ STORMS = {
     "500-on-status-patches": Storm(Rule(500, STATUS_PATCH, "PATCH"), 20, 0.0, 20),
     # A conflict is not retried by the client: the step fails and the loop writes again 5 s later.
     "409-on-5-status-patches": Storm(Rule(409, STATUS_PATCH, "PATCH", times=5), 60, 0.0, 5),
+    # Not retried by the client either, and for as long as it lasts (RBAC taken away): the loop
+    # must wait its 5 s between failed steps, not retry at every child event.
+    "403-on-status-patches": Storm(Rule(403, STATUS_PATCH, "PATCH"), 15, 4.5, 5),
 }
 
 
-@pytest.mark.parametrize("name", sorted(STORMS))
+# CI's budget: one of each kind; the rest (5xx without Retry-After, 429 on creations) are slow.
+SLOW_STORMS = {"429-retry-after-1s-on-job-creates", "503-on-status-patches", "500-on-status-patches"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_STORMS else []) for n in sorted(STORMS)]
+)
 def test_error_answers_on_chosen_requests_are_honoured_and_change_no_outcome(
     name: str,
     api: client.ApiClient,

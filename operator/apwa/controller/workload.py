@@ -199,12 +199,19 @@ class WorkloadRunner:
 
     async def _loop(self) -> None:
         delay = 0.0
+        failed = False
         while not self.stopped:
+            if failed:
+                # A failed step waits out its delay: child events keep coming while a write keeps
+                # failing (a 403 or 409 the client does not retry), and each would retry it at once.
+                await asyncio.sleep(delay)
+                delay = 0.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
             await asyncio.sleep(MIN_STEP_INTERVAL)  # rate limit, not synchronisation: see above
             self.wake.clear()
             VITALS.step_started(self.key)
+            failed = False
             try:
                 if faultpoints.passed(faultpoints.Point.STEP):
                     await faultpoints.forever()
@@ -216,10 +223,10 @@ class WorkloadRunner:
             except ApiError as e:
                 # Already retried with backoff inside the client; one line is enough here.
                 log.warning("workload %s/%s: %s; retrying", self.namespace, self.name, e)
-                delay = ERROR_RETRY_SECONDS
+                delay, failed = ERROR_RETRY_SECONDS, True
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
-                delay = ERROR_RETRY_SECONDS
+                delay, failed = ERROR_RETRY_SECONDS, True
             VITALS.step_ended(self.key)
             if not self.stopped:
                 self.publish_metrics()  # after a stall too: a stalled workload's progress time stays put
