@@ -592,3 +592,180 @@ def test_operator_killed_after_a_write_loses_and_duplicates_nothing(
     assert len(recorder.uids) == N
     duplicated = {name: u for name, u in recorder.uids.items() if len(u) > 1}
     assert not duplicated, f"Jobs created twice: {duplicated}"
+
+
+# ---- children, the workload, its namespace deleted by someone else mid-run ----------------------------
+# What a user can expect (docs/reliability.md, "Deleted by someone else"): a subtask's Job deleted
+# before its outcome is recorded is created again (the subtask runs again: at-least-once); a
+# subtask's pod deleted is a failed attempt of that Job, retried within its backoffLimit as
+# Kubernetes does for any Job; a deleted workload or namespace leaves nothing behind and no loop.
+LABEL_WORKLOAD = "apwa.dev/workload"
+
+
+def delete_unfinished(api: client.ApiClient, ns: str, kind: str) -> str:
+    """Delete one running Job or pod of workload f, guarded by its resourceVersion (a precondition:
+    it is deleted as seen unfinished, or not at all, and another is tried). Returns its name."""
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+
+    def attempt() -> str | None:
+        selector = f"{LABEL_WORKLOAD}=f,apwa.dev/role=subtask"
+        if kind == "job":
+            items = [j for j in batch.list_namespaced_job(ns, label_selector=selector).items if j.status.active]
+            items = [j for j in items if not j.status.succeeded and not j.status.failed]
+            delete = batch.delete_namespaced_job
+        else:
+            items = core.list_namespaced_pod(ns, label_selector=selector).items
+            items = [p for p in items if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+            delete = core.delete_namespaced_pod
+        if not items:
+            return None
+        victim = max(items, key=lambda o: o.metadata.creation_timestamp)  # the youngest: furthest from done
+        pre = client.V1Preconditions(resource_version=victim.metadata.resource_version)
+        try:
+            delete(
+                victim.metadata.name,
+                ns,
+                body=client.V1DeleteOptions(propagation_policy="Background", preconditions=pre),
+            )
+        except client.ApiException as e:
+            if e.status == 409:  # it changed meanwhile (maybe finished): take another
+                return None
+            raise
+        if kind == "pod":
+            kubelet_kills(core, ns, victim)
+        return str(victim.metadata.name)
+
+    return wait_for(attempt, 60, f"a running {kind} of f to delete", interval=0.05, max_interval=0.2)
+
+
+def kubelet_kills(core: client.CoreV1Api, ns: str, pod: client.V1Pod) -> None:
+    """What the kubelet does to a running pod being deleted, which kwok does not: its container is
+    killed and the pod ends Failed (the Job controller, given a podFailurePolicy, waits for that)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    main = pod.spec.containers[0]
+    killed = {"exitCode": 137, "reason": "Error", "startedAt": now, "finishedAt": now}
+    status = {"name": main.name, "image": main.image, "imageID": "", "ready": False, "restartCount": 0}
+    body = {"status": {"phase": "Failed", "containerStatuses": [{**status, "state": {"terminated": killed}}]}}
+    core.patch_namespaced_pod_status(pod.metadata.name, ns, body)
+
+
+@pytest.mark.parametrize("kind", ["job", "pod"], ids=["job-deleted-mid-run", "pod-deleted-mid-run"])
+def test_a_child_deleted_by_someone_else_is_run_again_and_recorded_once(
+    kind: str,
+    api: client.ApiClient,
+    fault_ns: str,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    op = start_operator()
+    w = Workloads(api, fault_ns)
+    recorder = JobRecorder(client.BatchV1Api(api), fault_ns)
+    threading.Thread(target=recorder.run, daemon=True).start()
+    templates = {
+        "default": {
+            "podTemplate": pod_template({"KWOK_DELAY_MS": DELAY_MS, "KWOK_MESSAGE": "{{ index }}"}),
+            "backoffLimit": 1,  # a deleted pod is a failed attempt: one retry lets it succeed
+            "ttlSecondsAfterFinished": 3600,  # every Job stays for the recorder
+        }
+    }
+    try:
+        w.create(workload("f", {"range": {"end": N}}, templates=templates, parallelism=PARALLELISM))
+        counts = lambda: (w.get("f").get("status") or {}).get("counts", {})  # noqa: E731
+        wait_for(lambda: counts().get("succeeded", 0) >= PARALLELISM, 120, "a round done")
+        victim = delete_unfinished(api, fault_ns, kind)
+        done = w.wait_condition("f", "Complete", timeout=300)
+    finally:
+        recorder.stop.set()
+    assert converged(done), f"status counts: {done['status']['counts']}"
+    assert {i: e["result"] for i, e in w.results("f").items()} == {i: i for i in range(N)}
+    assert metric(op.metrics(), "apwa_subtasks_succeeded_total") == N, "a subtask was recorded twice"
+    again = {name: u for name, u in recorder.uids.items() if len(u) > 1}
+    if kind == "job":
+        assert set(again) == {victim} and len(again[victim]) == 2, f"Jobs created again: {again} (deleted {victim})"
+    else:
+        assert not again, f"a deleted pod is the Job's to replace, not the operator's: {again}"
+    assert len(recorder.uids) == N
+
+
+def leftovers(api: client.ApiClient, ns: str) -> dict[str, list[str]]:
+    """Whatever of workload f still exists in the namespace, by kind."""
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    net = client.NetworkingV1Api(api)
+    sel = f"{LABEL_WORKLOAD}=f"
+    found = {
+        "jobs": batch.list_namespaced_job(ns, label_selector=sel).items,
+        "pods": core.list_namespaced_pod(ns, label_selector=sel).items,
+        "configmaps": core.list_namespaced_config_map(ns, label_selector=sel).items,
+        "networkpolicies": net.list_namespaced_network_policy(ns, label_selector=sel).items,
+    }
+    return {k: [o.metadata.name for o in v] for k, v in found.items() if v}
+
+
+def warnings_about(log: str, key: str) -> list[str]:
+    return [line for line in log.splitlines() if key in line and ("WARNING" in line or "ERROR" in line)]
+
+
+def test_a_workload_deleted_mid_run_leaves_nothing_and_no_loop(
+    api: client.ApiClient, fault_ns: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    op = start_operator()
+    with Run(api, fault_ns, op) as run:
+        assert leftovers(api, fault_ns).keys() >= {"jobs", "pods", "configmaps", "networkpolicies"}
+        deleted = time.monotonic()
+        run.w.delete("f")
+        wait_for(lambda: not leftovers(api, fault_ns), 120, f"nothing of f left (now: {leftovers(api, fault_ns)})")
+        gone = time.monotonic()
+        log_at_gone = op.log_path.read_text()
+        # A loop left behind would keep trying and logging: give it a few of its retry periods.
+        time.sleep(12)
+        run.alive()
+        later = op.log_path.read_text()[len(log_at_gone) :]
+    key = f"{fault_ns}/f"
+    assert not warnings_about(later, key), f"the operator kept working on a deleted workload: {later[-2000:]}"
+    assert "Traceback" not in op.log_path.read_text(), op.log_path.read_text()[-3000:]
+    series = [line for line in op.metrics().splitlines() if 'name="f"' in line and f'namespace="{fault_ns}"' in line]
+    assert not series, f"metrics of a deleted workload: {series}"
+    print(f"\n[workload deleted] nothing of it left {gone - deleted:.1f}s after the delete")
+
+
+def test_a_namespace_deleted_mid_run_goes_and_other_workloads_go_on(
+    api: client.ApiClient, crd: None, tmp_path: Path
+) -> None:
+    prefix = f"fault-{uuid.uuid4().hex[:6]}"
+    labels = {"apwa.dev/test": "faults"}
+    with (
+        temporary_namespace(api, f"{prefix}-a", labels) as doomed,
+        temporary_namespace(api, f"{prefix}-b", labels) as other,
+    ):
+        op = OperatorProcess(tmp_path / "operator", args=["--namespace", f"{prefix}-*"])
+        op.start()
+        try:
+            run_doomed, run_other = Workloads(api, doomed), Workloads(api, other)
+            env = {"KWOK_DELAY_MS": DELAY_MS, "KWOK_MESSAGE": "{{ index }}"}
+            run_doomed.create(workload("f", {"range": {"end": N}}, env, parallelism=PARALLELISM))
+            wait_for(lambda: leftovers(api, doomed).keys() >= {"jobs", "pods"}, 60, "the doomed workload running")
+            run_other.create(workload("f", {"range": {"end": N}}, env, parallelism=PARALLELISM))
+            deleted = time.monotonic()
+            client.CoreV1Api(api).delete_namespace(doomed)
+            wait_for(lambda: not namespace_exists(api, doomed), 180, f"namespace {doomed} gone (its pods released)")
+            gone = time.monotonic()
+            log_at_gone = op.log_path.read_text()
+            done = run_other.wait_condition("f", "Complete", timeout=300)
+            time.sleep(max(0.0, gone + 12 - time.monotonic()))  # as above: room for a loop left behind
+            assert op.proc is not None and op.proc.poll() is None, op.log_path.read_text()[-3000:]
+            later = op.log_path.read_text()[len(log_at_gone) :]
+        finally:
+            op.stop()
+    assert converged(done), f"status counts of the other namespace's workload: {done['status']['counts']}"
+    assert {i: e["result"] for i, e in run_other.results("f").items()} == {i: i for i in range(N)}
+    assert not warnings_about(later, doomed), f"the operator kept working in a deleted namespace: {later[-2000:]}"
+    print(f"\n[namespace deleted] gone {gone - deleted:.1f}s after the delete")
+
+
+def namespace_exists(api: client.ApiClient, name: str) -> bool:
+    try:
+        client.CoreV1Api(api).read_namespace(name)
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True

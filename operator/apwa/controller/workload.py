@@ -224,6 +224,11 @@ class WorkloadRunner:
                 # Already retried with backoff inside the client; one line is enough here.
                 log.warning("workload %s/%s: %s; retrying", self.namespace, self.name, e)
                 delay, failed = ERROR_RETRY_SECONDS, True
+                if e.namespace_terminating:
+                    # The namespace goes, pods first (Kubernetes' ordered namespace deletion) and
+                    # this workload after them: nothing can be stored any more, and pods held for
+                    # their results would keep the namespace (and the workload) from ever going.
+                    self.release_all_held()
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
                 delay, failed = ERROR_RETRY_SECONDS, True
