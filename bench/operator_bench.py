@@ -64,29 +64,50 @@ async def namespace(kube: Kube, prefix: str) -> str:
     return ns
 
 
-async def watch_jobs(kube: Kube, ns: str, n: int, started: float, selector: str = "") -> tuple[float, float]:
-    """Seconds from `started` until n Jobs exist and until n Jobs are Complete (one watch)."""
+async def watch_jobs(
+    kube: Kube, ns: str, n: int, started: float, selector: str = "", limit: float = 3600.0
+) -> tuple[float, float]:
+    """Seconds from `started` until n Jobs exist and until n Jobs are Complete. The watch is
+    resumed where it ended (the API server ends watches after a while; on a loaded machine a run
+    outlasts one), from a fresh list when its resourceVersion is too old."""
     seen: set[str] = set()
     done: set[str] = set()
-    all_exist = all_done = 0.0
-    params = {"watch": "1", "labelSelector": selector, "timeoutSeconds": "600", "allowWatchBookmarks": "false"}
-    async with kube._client.stream("GET", ns_path("batch/v1", ns, "jobs"), params=params, timeout=None) as resp:
-        async for line in resp.aiter_lines():
-            if not line:
-                continue
-            ev = json.loads(line)
-            job = ev["object"]
-            name = job["metadata"]["name"]
-            seen.add(name)
-            if len(seen) >= n and not all_exist:
-                all_exist = time.perf_counter() - started
-            conds = (job.get("status") or {}).get("conditions") or []
-            if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
-                done.add(name)
-                if len(done) >= n:
-                    all_done = time.perf_counter() - started
-                    return all_exist, all_done
-    raise TimeoutError(f"watch ended with {len(seen)} Jobs seen, {len(done)} complete")
+    times = [0.0, 0.0]
+    version = ""
+    path = ns_path("batch/v1", ns, "jobs")
+
+    def saw(job: dict[str, Any]) -> bool:
+        name = job["metadata"]["name"]
+        seen.add(name)
+        if len(seen) >= n and not times[0]:
+            times[0] = time.perf_counter() - started
+        conds = (job.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
+            done.add(name)
+        if len(done) >= n:
+            times[1] = time.perf_counter() - started
+            return True
+        return False
+
+    while time.perf_counter() - started < limit:
+        if not version:
+            listed = await kube.request("GET", path, params={"labelSelector": selector})
+            version = listed[1]["metadata"]["resourceVersion"]
+            if any([saw(j) for j in listed[1].get("items") or []]):
+                return times[0], times[1]
+        params = {"watch": "1", "labelSelector": selector, "timeoutSeconds": "300", "resourceVersion": version}
+        async with kube._client.stream("GET", path, params=params, timeout=None) as resp:
+            async for line in resp.aiter_lines():
+                if not line:
+                    continue
+                ev = json.loads(line)
+                if ev["type"] == "ERROR":  # 410 Gone: list again
+                    version = ""
+                    break
+                version = ev["object"]["metadata"].get("resourceVersion", version)
+                if saw(ev["object"]):
+                    return times[0], times[1]
+    raise TimeoutError(f"after {limit:.0f} s: {len(seen)} Jobs seen, {len(done)} complete")
 
 
 async def raw(kube: Kube, n: int) -> tuple[float, float]:

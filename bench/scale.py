@@ -36,11 +36,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from apwa.api.models import MAX_CHUNK_SIZE, ParallelWorkloadSpec
 from apwa.kube.client import Kube, ns_path
-from operator_bench import REPO, free_port, indexed, namespace, peak_rss_mib, raw, spec, watch_jobs
+from apwa.planning import plan
+from apwa.rendering import Owner, without_result_finalizer
+from apwa.rendering.packed import render_chunk
+from operator_bench import DELAY_MS, POD, REPO, free_port, indexed, namespace, peak_rss_mib, raw, spec, watch_jobs
 
 RESULTS = REPO / "bench" / "results"
-SIDES = ("operator", "raw", "indexed")
+SIDES = ("operator", "packed", "raw", "indexed", "indexed-pod")
+OPERATOR_SIDES = ("operator", "packed")
+# Packed execution's chunk: subtasks per Indexed Job (--chunk).
+CHUNK = 1000
+MAX_PARALLELISM = 10_000  # the CRD's bound on spec.parallelism
 WORKLOADS = "apwa.dev/v1alpha1"
 
 
@@ -120,6 +128,35 @@ def scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
+def bench_spec(n: int, packed: bool) -> dict[str, Any]:
+    """Both operator sides alike: packed pods share their env, so no `{{ index }}` in either."""
+    out = {**spec(n), "parallelism": min(n, MAX_PARALLELISM)}
+    container = {**POD["spec"]["containers"][0], "env": [{"name": "KWOK_DELAY_MS", "value": DELAY_MS}]}
+    out["templates"] = {"default": {"podTemplate": {"spec": {"containers": [container]}}}}
+    if packed:
+        out["execution"] = {"mode": "Packed", "chunkSize": CHUNK}
+    return out
+
+
+async def indexed_pod(kube: Kube, n: int) -> float:
+    """One Indexed Job of N completions with the pod APWA renders (its isolation, env, plan volume;
+    without the result finalizer, which only an operator releases), created directly: what the pod
+    itself costs the control plane and kwok, apart from anything the operator does."""
+    ns = await namespace(kube, "bench-indexed-pod")
+    body = bench_spec(n, packed=True)
+    body["execution"]["chunkSize"] = n
+    s = ParallelWorkloadSpec.model_validate(body)
+    job, plan_map = render_chunk(Owner("s", ns), s, plan(s), n)
+    without_result_finalizer(job)
+    started = time.perf_counter()
+    watcher = asyncio.create_task(watch_jobs(kube, ns, 1, started))
+    await kube.create(ns_path("v1", ns, "configmaps"), plan_map)
+    await kube.create(ns_path("batch/v1", ns, "jobs"), job)
+    _, complete = await watcher
+    await kube.delete(f"/api/v1/namespaces/{ns}")
+    return complete
+
+
 async def operator_side(kube: Kube, run: Run) -> None:
     port = free_port()
     log = open("/tmp/apwa-bench-scale-operator.log", "wb")
@@ -132,12 +169,15 @@ async def operator_side(kube: Kube, run: Run) -> None:
     try:
         await _healthy(proc, port)
         ns = await namespace(kube, "scale-op")
-        body = {"apiVersion": WORKLOADS, "kind": "ParallelWorkload", "metadata": {"name": "s"}, "spec": spec(run.n)}
+        packed = run.side == "packed"
+        body = {"apiVersion": WORKLOADS, "kind": "ParallelWorkload", "metadata": {"name": "s"}}
+        body["spec"] = bench_spec(run.n, packed)
         path = ns_path(WORKLOADS, ns, "parallelworkloads", "s")
         before_api, before_op = await apiserver_metrics(kube), scrape(port)
         cpu0 = cpu_seconds(proc.pid)
         started = time.perf_counter()
-        watcher = asyncio.create_task(watch_jobs(kube, ns, run.n, started, "apwa.dev/workload=s"))
+        jobs = -(-run.n // CHUNK) if packed else run.n
+        watcher = asyncio.create_task(watch_jobs(kube, ns, jobs, started, "apwa.dev/workload=s"))
         with Sampler(kube, path) as sampler:
             await kube.create(ns_path(WORKLOADS, ns, "parallelworkloads"), body)
             run.created_s, _ = await watcher
@@ -202,10 +242,14 @@ async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awa
 
 async def one(kube: Kube, n: int, repeat: int, side: str) -> Run:
     run = Run(n, repeat, side)
-    if side == "operator":
+    if side in OPERATOR_SIDES:
         await operator_side(kube, run)
     else:
-        await baseline_side(kube, run, raw if side == "raw" else indexed)
+        if side == "indexed-pod" and n > MAX_CHUNK_SIZE:
+            run.extra["skipped"] = f"one Indexed Job of the rendered pod is only made up to {MAX_CHUNK_SIZE}"
+            print(f"  N={n:>6} #{repeat} {side:<9} skipped: {run.extra['skipped']}", flush=True)
+            return run
+        await baseline_side(kube, run, {"raw": raw, "indexed": indexed, "indexed-pod": indexed_pod}[side])
     run.subtasks_per_s = n / run.complete_s
     print(f"  N={n:>6} #{repeat} {side:<9} complete {run.complete_s:8.1f} s  {run.subtasks_per_s:7.1f}/s", flush=True)
     return run
@@ -215,29 +259,41 @@ def summary(runs: list[Run]) -> None:
     print("\nratios of medians (spread: min..max of the per-repeat ratios)")
     for n in sorted({r.n for r in runs}):
         by = {s: [r for r in runs if r.n == n and r.side == s] for s in SIDES}
-        op = by["operator"]
-        for base in ("raw", "indexed"):
+        pairs_of = (
+            ("operator", "raw"),
+            ("operator", "indexed"),
+            ("packed", "indexed"),
+            ("packed", "operator"),
+            ("packed", "indexed-pod"),
+            ("indexed-pod", "indexed"),
+        )
+        for mine, base in pairs_of:
             pairs = [
-                a.complete_s / b.complete_s for a, b in zip(op, by[base], strict=False)
+                a.complete_s / b.complete_s for a, b in zip(by[mine], by[base], strict=False)
             ]  # same repeat: the sides ran back to back
             if pairs:
                 print(
-                    f"N={n:>6} operator/{base:<8} Complete: median {statistics.median(pairs):.2f} "
+                    f"N={n:>6} {mine}/{base:<8} Complete: median {statistics.median(pairs):.2f} "
                     f"({min(pairs):.2f}..{max(pairs):.2f}, {len(pairs)} pairs)"
                 )
-        if op:
-            med = {
-                f.name: statistics.median(getattr(r, f.name) for r in op)
-                for f in fields(Run)
-                if f.name not in ("n", "repeat", "side", "extra")
-            }
-            print(
-                f"N={n:>6} operator: {med['subtasks_per_s']:.0f} subtasks/s, RSS {med['operator_rss_mib']:.0f} MiB, "
-                f"CPU {med['operator_cpu_s']:.0f} s, its requests/subtask {med['operator_requests_per_subtask']:.2f}, "
-                f"all requests/subtask {med['api_requests_per_subtask']:.1f}, 429s {med['operator_429s']:.0f}, "
-                f"status {med['status_bytes']:.0f} B, GET p50/p99 {med['get_p50_ms']:.0f}/{med['get_p99_ms']:.0f} ms, "
-                f"etcd {med['etcd_bytes'] / 2**20:.0f} MiB"
-            )
+        for side in OPERATOR_SIDES:
+            summarise_side(n, side, by[side])
+
+
+def summarise_side(n: int, side: str, op: list[Run]) -> None:
+    if op:
+        med = {
+            f.name: statistics.median(getattr(r, f.name) for r in op)
+            for f in fields(Run)
+            if f.name not in ("n", "repeat", "side", "extra")
+        }
+        print(
+            f"N={n:>6} {side}: {med['subtasks_per_s']:.0f} subtasks/s, RSS {med['operator_rss_mib']:.0f} MiB, "
+            f"CPU {med['operator_cpu_s']:.0f} s, its requests/subtask {med['operator_requests_per_subtask']:.2f}, "
+            f"all requests/subtask {med['api_requests_per_subtask']:.1f}, 429s {med['operator_429s']:.0f}, "
+            f"status {med['status_bytes']:.0f} B, GET p50/p99 {med['get_p50_ms']:.0f}/{med['get_p99_ms']:.0f} ms, "
+            f"etcd {med['etcd_bytes'] / 2**20:.0f} MiB"
+        )
 
 
 def write(runs: list[Run], stamp: str) -> Path:
@@ -259,8 +315,10 @@ def plot(runs: list[Run], stamp: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for side, marker in zip(SIDES, "osd", strict=True):
+    for side, marker in zip(SIDES, "oPsdx", strict=True):
         ns = sorted({r.n for r in runs if r.side == side})
+        if not ns:
+            continue
         med = [statistics.median(r.subtasks_per_s for r in runs if r.side == side and r.n == n) for n in ns]
         lo = [min(r.subtasks_per_s for r in runs if r.side == side and r.n == n) for n in ns]
         hi = [max(r.subtasks_per_s for r in runs if r.side == side and r.n == n) for n in ns]
@@ -286,7 +344,7 @@ def plot(runs: list[Run], stamp: str) -> Path:
     return path
 
 
-async def main_async(ns: list[int], repeats: int, repeats_at_100k: int) -> list[Run]:
+async def main_async(ns: list[int], repeats: int, repeats_at_100k: int, sides: tuple[str, ...]) -> list[Run]:
     subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True)
     kube = Kube.from_config(concurrency=64)
     runs: list[Run] = []
@@ -294,9 +352,11 @@ async def main_async(ns: list[int], repeats: int, repeats_at_100k: int) -> list[
         for n in ns:
             reps = repeats_at_100k if n >= 100_000 else repeats
             for rep in range(reps):
-                order = SIDES[rep % 3 :] + SIDES[: rep % 3]
+                order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
                 for side in order:
-                    runs.append(await one(kube, n, rep, side))
+                    run = await one(kube, n, rep, side)
+                    if "skipped" not in run.extra:
+                        runs.append(run)
     finally:
         await kube.close()
     return runs
@@ -307,11 +367,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, action="append", help="subtasks (repeatable); default 1000 and 10000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repeats-at-100k", type=int, default=1)
+    ap.add_argument("--side", action="append", choices=SIDES, help="only these sides (repeatable); default all")
+    ap.add_argument("--chunk", type=int, default=CHUNK, help="packed: subtasks per Indexed Job")
     args = ap.parse_args()
+    globals()["CHUNK"] = args.chunk
     if not os.environ.get("KUBECONFIG"):
         sys.exit('set KUBECONFIG first: eval "$(make -s cluster | tail -n 1)"')
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs = asyncio.run(main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k))
+    sides = tuple(args.side or SIDES)
+    runs = asyncio.run(main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides))
     summary(runs)
     print(f"\nCSV: {write(runs, stamp)}\nplot: {plot(runs, stamp)}")
 

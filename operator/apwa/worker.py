@@ -39,11 +39,27 @@ DEFAULT_RESULT_PATH = "/dev/termination-log"
 
 
 def item() -> Any:
-    return json.loads(os.environ.get("APWA_ITEM", "null"))
+    planned = _planned()
+    return planned["item"] if planned is not None else json.loads(os.environ.get("APWA_ITEM", "null"))
 
 
 def index() -> int:
-    return int(os.environ.get("APWA_INDEX", "0"))
+    planned = _planned()
+    return int(planned["index"]) if planned is not None else int(os.environ.get("APWA_INDEX", "0"))
+
+
+def _planned() -> dict[str, Any] | None:
+    """Packed execution (spec.execution.mode Packed): the pods of a chunk share one template, so
+    each reads its subtask from the chunk's plan, the line of its Indexed Job completion index."""
+    path = os.environ.get("APWA_PLAN_PATH")
+    if not path:
+        return None
+    k = int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if n == k:
+                return json.loads(line)
+    raise SystemExit(f"apwa: {path} has no line {k} (JOB_COMPLETION_INDEX): the chunk's plan does not match its Job")
 
 
 def count() -> int:

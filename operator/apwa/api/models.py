@@ -719,6 +719,28 @@ class RetrySpec(Model):
     )
 
 
+MAX_CHUNK_SIZE = 10_000
+
+
+class ExecutionSpec(Model):
+    """How subtasks become Jobs: one Job each (the default), or packed as the indexes of Indexed Jobs."""
+
+    mode: Literal["Jobs", "Packed"] = Field(
+        "Jobs",
+        description="Jobs: one Job per subtask. Packed: chunks of subtasks run as the indexes of Indexed Jobs "
+        "(one pod per subtask still, each with its own item, result and exit code; half the objects). "
+        "Packed pods read their item from a mounted plan ($APWA_PLAN_PATH, apwa.worker.item()), so "
+        "{{ index }} and {{ item }} placeholders are refused (docs/scaling.md). Immutable.",
+    )
+    chunk_size: int = Field(
+        500,
+        ge=1,
+        le=MAX_CHUNK_SIZE,
+        description="Packed: subtasks per Indexed Job at most. A chunk starts when the window has room for a "
+        "whole chunk, so keep it well below spec.parallelism.",
+    )
+
+
 class ParallelWorkloadSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -734,6 +756,11 @@ class ParallelWorkloadSpec(Model):
                     "has(self.decomposition.shards) || has(self.decomposition.matrix) || "
                     "has(self.decomposition.objects))",
                     "spec.templates needs a 'default' template (range, shards, matrix and objects subtasks use it)",
+                ),
+                cel(
+                    "!has(self.execution) || !has(self.execution.mode) || self.execution.mode != 'Packed' || "
+                    "!has(self.decomposition.objects)",
+                    "spec.execution.mode Packed does not support decomposition.objects yet; use mode Jobs",
                 ),
                 cel(
                     "!has(self.decomposition.objects) || has(self.store)",
@@ -781,6 +808,11 @@ class ParallelWorkloadSpec(Model):
         "for the worker image's `apwa-agent` command (docs/agents.md). Immutable.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "agent is immutable once set")]},
     )
+    execution: ExecutionSpec | None = Field(
+        None,
+        description="Packed execution (Indexed Jobs) for large workloads; unset: one Job per subtask. Immutable.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "execution is immutable once set")]},
+    )
     suspend: bool = Field(
         False,
         description="Stop starting Jobs and suspend active ones (Kueue's: by deactivating their Workloads); "
@@ -794,6 +826,12 @@ class ParallelWorkloadSpec(Model):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the workload (and everything it made) this long after it finished."
     )
+
+    @property
+    def packed(self) -> int | None:
+        """Packed execution's chunk size; None: one Job per subtask."""
+        e = self.execution
+        return e.chunk_size if e is not None and e.mode == "Packed" else None
 
     @model_validator(mode="after")
     def _templates_exist(self) -> ParallelWorkloadSpec:
@@ -814,6 +852,11 @@ class ParallelWorkloadSpec(Model):
             raise ValueError(
                 f"spec.templates needs a '{DEFAULT_TEMPLATE}' template ({strategy} subtasks use it; "
                 f"have: {', '.join(sorted(self.templates))})"
+            )
+        if self.packed and self.decomposition.objects is not None:
+            raise ValueError(
+                "spec.execution.mode Packed does not support decomposition.objects yet (each pod's inputs are "
+                "fetched by its own Job); use mode Jobs"
             )
         if self.decomposition.objects is not None and self.store is None:
             raise ValueError("decomposition.objects needs spec.store (the bucket the objects are listed from)")

@@ -78,6 +78,7 @@ from apwa.rendering import (
     render_reduce_job,
     without_result_finalizer,
 )
+from apwa.rendering.packed import MAX_PLAN_BYTES, plan_lines, render_chunk
 from apwa.results import Aggregate, SubtaskOutcome
 from apwa.results.usage import merged
 from apwa.status import is_finished
@@ -153,7 +154,7 @@ class WorkloadRunner:
         self.wake.set()
 
     def on_job(self, event_type: str, job: dict[str, Any]) -> None:
-        effect = self.children.job_event(event_type, job, self._recorded())
+        effect = self.children.job_event(event_type, job, self._recorded(), time.time())
         if effect.finished is not None and effect.finished.finished_at:
             metrics.WATCH_LAG.observe(max(time.time() - effect.finished.finished_at, 0.0))
         if effect.changed:
@@ -383,8 +384,7 @@ class WorkloadRunner:
         patches = []
         for index, name, ttl in jobs:
             self.releaser.release(self.namespace, self.children.let_go(index))
-            self.children.release(index)
-            if ttl is not None:
+            if self.children.release(index) and ttl is not None:  # a chunk's TTL waits for its last
                 body = {"spec": {"ttlSecondsAfterFinished": ttl}}
                 patches.append(self.kube.merge_patch(self._path("jobs", "batch/v1", name), body))
         for result in await asyncio.gather(*patches, return_exceptions=True):
@@ -397,7 +397,8 @@ class WorkloadRunner:
         # One patch sets both: a Job is never suspended by us without the mark that resumes it.
         mark = {"annotations": {ANNOTATION_HELD: "true" if suspend else None}}
         body = {"metadata": mark, "spec": {"suspend": suspend}}
-        await asyncio.gather(*(self.kube.merge_patch(self._path("jobs", "batch/v1", name), body) for _, name in jobs))
+        names = dict.fromkeys(name for _, name in jobs)  # a packed chunk is patched once for all its subtasks
+        await asyncio.gather(*(self.kube.merge_patch(self._path("jobs", "batch/v1", name), body) for name in names))
         for index, _ in jobs:
             if (job := self.children.jobs.get(index)) is not None:
                 job.suspended = job.held = suspend
@@ -411,9 +412,12 @@ class WorkloadRunner:
         # Resuming a Job whose Workload is gone is done: Kueue makes it a new, active one.
         done = [uids[u] for u in uids if u in found or not hold]
         body = {"metadata": {"annotations": {ANNOTATION_HELD: "true" if hold else None}}}
-        await asyncio.gather(*(self.kube.merge_patch(self._path("jobs", "batch/v1", n), body) for _, n in done))
-        for index, _ in done:
-            if (job := self.children.jobs.get(index)) is not None:  # may have finished meanwhile
+        await asyncio.gather(
+            *(self.kube.merge_patch(self._path("jobs", "batch/v1", n), body) for n in dict.fromkeys(n for _, n in done))
+        )
+        held = {name for _, name in done}
+        for index, name in jobs:
+            if name in held and (job := self.children.jobs.get(index)) is not None:  # may have finished meanwhile
                 job.held = hold
         return RESYNC_SECONDS if len(done) == len(jobs) else kueue.RETRY_SECONDS
 
@@ -424,6 +428,13 @@ class WorkloadRunner:
         owner, path, subtasks = self.owner, self._path("jobs", "batch/v1"), self.planned.subtasks
         # No await until every task exists: a creation failing later moves the cursor back.
         self.children.advance(resume_at)
+        if spec.packed:
+            for chunk in self._chunks(indices, spec.packed):
+                self.creations.in_flight.update(chunk)
+                task = asyncio.create_task(self._create_chunk(spec, owner, [subtasks[i] for i in chunk], len(subtasks)))
+                self.creations.tasks.add(task)
+                task.add_done_callback(self.creations.tasks.discard)
+            return
         for i in indices:
             self.creations.in_flight.add(i)
             task = asyncio.create_task(self._create_one(spec, owner, path, subtasks[i], len(subtasks)))
@@ -455,6 +466,56 @@ class WorkloadRunner:
             self.children.lose(s.index)
         finally:
             self.creations.in_flight.discard(s.index)
+            self.wake.set()
+
+    def _chunks(self, indices: tuple[int, ...], size: int) -> list[list[int]]:
+        """The window's indices as chunks: at most `size` subtasks of one template and one attempt
+        each, whose plan fits a ConfigMap."""
+        assert self.planned is not None
+        plan, attempts = self.planned.subtasks, self.children.attempts
+        out: list[list[int]] = []
+        kind: tuple[str, int] | None = None
+        used = 0
+        for i in indices:
+            this = (plan[i].template, attempts.get(i, 0))
+            cost = len(plan_lines([plan[i]]))
+            if not out or this != kind or len(out[-1]) >= size or used + cost > MAX_PLAN_BYTES:
+                out.append([])
+                kind, used = this, 0
+            out[-1].append(i)
+            used += cost
+        return out
+
+    async def _create_chunk(self, spec: ParallelWorkloadSpec, owner: Owner, chunk: list[Subtask], total: int) -> None:
+        """A packed chunk: its plan's ConfigMap, then its Indexed Job (a pod can't start before its plan)."""
+        indices = [s.index for s in chunk]
+        try:
+            job, plan = render_chunk(owner, spec, chunk, total, self.children.attempts.get(chunk[0].index, 0))
+            if not self.settings.pod_finalizer:
+                without_result_finalizer(job)
+            await self.kube.create(self._path("configmaps", "v1"), plan)  # exists already: from an earlier try
+            path = self._path("jobs", "batch/v1")
+            started = time.perf_counter()
+            created, body = await self.kube.create(path, job)
+            metrics.JOB_CREATE_SECONDS.observe(time.perf_counter() - started)
+            if created:
+                faultpoints.passed(faultpoints.Point.JOB_CREATED)
+                metrics.SUBTASKS_CREATED.inc(len(chunk))
+                self.progressed()
+            else:
+                body = await self.kube.get(f"{path}/{job['metadata']['name']}")
+                if body is not None:
+                    self._check_ours(body)
+            if body is not None:
+                self.children.seed_job(body, self._recorded(), time.time())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.creations.errors.append(e)
+            for i in indices:
+                self.children.lose(i)
+        finally:
+            self.creations.in_flight.difference_update(indices)
             self.wake.set()
 
     def _check_ours(self, job: dict[str, Any]) -> None:
@@ -577,7 +638,7 @@ class WorkloadRunner:
         recorded = planned.outcomes.outcomes
         selector = f"{LABEL_UID}={self.uid}"
         async for job in self.kube.list(self._path("jobs", "batch/v1"), labelSelector=selector):
-            self.children.seed_job(job, recorded)
+            self.children.seed_job(job, recorded, time.time())
         async for pod in self.kube.list(self._path("pods", "v1"), labelSelector=selector):
             self.children.seed_pod(pod, recorded)
             self._hold("ADDED", pod)

@@ -22,6 +22,7 @@ from apwa.rendering import (
     RESULT_FINALIZER,
     STORE_SIDECAR,
 )
+from apwa.rendering.packed import ANNOTATION_INDICES, COMPLETION_INDEX, parse_indices
 from apwa.results import (
     ResultInvalid,
     ResultTruncated,
@@ -41,6 +42,9 @@ JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
 POD_SUCCEEDED, POD_FAILED = "Succeeded", "Failed"
 # A Job killed by its deadline: the pod was killed too, its message adds nothing.
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+# A packed subtask whose index failed (backoffLimitPerIndex spent, or a FailIndex rule): the Job
+# controller's word for a single-pod Job that did the same.
+INDEX_FAILED = "BackoffLimitExceeded"
 
 
 @dataclass
@@ -221,7 +225,43 @@ def role_of(body: dict[str, Any]) -> str | None:
 
 
 def index_of(body: dict[str, Any]) -> int:
-    return int(body["metadata"]["labels"][LABEL_INDEX])
+    """The subtask of a subtask Job or pod; a packed pod's is its completion index's in the chunk."""
+    meta = body["metadata"]
+    annotations = meta.get("annotations") or {}
+    packed = annotations.get(ANNOTATION_INDICES)
+    if packed is not None:
+        k = annotations.get(COMPLETION_INDEX) or (meta.get("labels") or {}).get(COMPLETION_INDEX)
+        return parse_indices(packed)[int(k or 0)]
+    return int(meta["labels"][LABEL_INDEX])
+
+
+def chunk_of(body: dict[str, Any]) -> tuple[int, ...] | None:
+    """A packed chunk Job's subtasks by completion index; None for any other object."""
+    if body.get("kind", "Job") != "Job":
+        return None
+    meta = body["metadata"]
+    if COMPLETION_INDEX in (meta.get("annotations") or {}):
+        return None  # one of its pods
+    packed = (meta.get("annotations") or {}).get(ANNOTATION_INDICES)
+    return parse_indices(packed) if packed is not None else None
+
+
+def index_state(base: JobState, k: int, done: Container[int], failed: Container[int], now: float | None) -> JobState:
+    """Completion index k of a chunk Job as if it had a Job of its own: finished once it is in
+    completedIndexes or failedIndexes, or the whole Job finished (its deadline, or more failed
+    indexes than maxFailedIndexes: then the unfinished ones end with the Job's reason). `now`
+    stands in for the finish time Kubernetes does not record per index."""
+    state = JobState(base.name, suspended=base.suspended, uid=base.uid, queued=base.queued, held=base.held)
+    if k in done:
+        state.finished = state.succeeded = True
+        state.reason, state.finished_at = JOB_COMPLETE, now
+    elif k in failed:
+        state.finished, state.reason, state.finished_at = True, INDEX_FAILED, now
+        state.message = f"index {k} of Job {base.name} failed"
+    elif base.finished:
+        state.finished, state.reason, state.message = True, base.reason, base.message
+        state.finished_at = base.finished_at
+    return state
 
 
 def attempt_of(body: dict[str, Any]) -> int:
@@ -261,6 +301,10 @@ class ChildIndex:
     # history: their outcome was stored before the retry, so they are ignored (and released).
     attempts: dict[int, int] = field(default_factory=dict)
     round: int = 0
+    # Packed chunk Jobs, by name: what their last event said (to apply only what changed), and
+    # their subtasks not released yet (the Job's TTL may only run once none is left).
+    chunk_seen: dict[str, tuple[tuple[Any, ...], str, str]] = field(default_factory=dict)
+    chunk_left: dict[str, set[int]] = field(default_factory=dict)
 
     def current(self, body: dict[str, Any]) -> bool:
         """The child belongs to the attempt that counts now for its subtask (or reduce)."""
@@ -280,9 +324,14 @@ class ChildIndex:
     spent: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     reduce_spent: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def job_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> JobEffect:
-        """Apply a watch event; say whether it matters (and whether a Job has just finished)."""
+    def job_event(
+        self, event_type: str, body: dict[str, Any], recorded: Container[int], now: float | None = None
+    ) -> JobEffect:
+        """Apply a watch event; say whether it matters (and whether a Job has just finished).
+        `now`: when a packed index is seen finished (Kubernetes keeps no time per index)."""
         role = role_of(body)
+        if role == Role.SUBTASK and (chunk := chunk_of(body)) is not None:
+            return self._chunk_event(event_type, body, chunk, recorded, now)
         if role not in (Role.REDUCE, Role.SUBTASK) or not self.current(body):
             return JobEffect()
         if role == Role.REDUCE:
@@ -301,6 +350,42 @@ class ChildIndex:
         old = self.jobs.get(index)
         self.jobs[index] = state
         return JobEffect(changed=True, finished=state if state.finished and not (old and old.finished) else None)
+
+    def _chunk_event(
+        self, event_type: str, body: dict[str, Any], chunk: tuple[int, ...], recorded: Container[int], now: float | None
+    ) -> JobEffect:
+        attempt, name = attempt_of(body), body["metadata"]["name"]
+        mine = [(k, i) for k, i in enumerate(chunk) if i not in recorded and self.attempts.get(i, 0) == attempt]
+        if event_type == "DELETED":
+            self.chunk_seen.pop(name, None)
+            for _, i in mine:
+                if (job := self.jobs.get(i)) is None or job.name == name:
+                    self.lose(i)
+            return JobEffect(changed=True)
+        base = JobState.from_body(body)
+        status = body.get("status") or {}
+        done, failed = status.get("completedIndexes") or "", status.get("failedIndexes") or ""
+        flags = (base.uid, base.suspended, base.held, base.queued, base.finished)
+        seen = self.chunk_seen.get(name)
+        self.chunk_seen[name] = (flags, done, failed)
+        if mine and name not in self.chunk_left:
+            self.chunk_left[name] = {i for _, i in mine}
+        if seen == (flags, done, failed):
+            return JobEffect()
+        done_k, failed_k = set(parse_indices(done)), set(parse_indices(failed))
+        if seen is not None and seen[0] == flags:  # only indexes finished since: apply just those
+            changed = (done_k - set(parse_indices(seen[1]))) | (failed_k - set(parse_indices(seen[2])))
+            mine = [(k, i) for k, i in mine if k in changed]
+        finished = None
+        for k, i in mine:
+            old = self.jobs.get(i)
+            state = index_state(base, k, done_k, failed_k, now)
+            if old is not None and old.finished and state.finished:
+                state.finished_at = old.finished_at or state.finished_at
+            self.jobs[i] = state
+            if state.finished and not (old and old.finished):
+                finished = state
+        return JobEffect(changed=True, finished=finished)
 
     def pod_event(self, event_type: str, body: dict[str, Any], recorded: Container[int]) -> bool:
         """Apply a watch event; True when it brought a result worth a step."""
@@ -369,8 +454,12 @@ class ChildIndex:
         self.reduce_held.clear()
         return names
 
-    def seed_job(self, body: dict[str, Any], recorded: Container[int]) -> None:
+    def seed_job(self, body: dict[str, Any], recorded: Container[int], now: float | None = None) -> None:
         """A Job listed at start: what the watch already delivered is newer, and wins."""
+        if role_of(body) == Role.SUBTASK and (chunk := chunk_of(body)) is not None:
+            if body["metadata"]["name"] not in self.chunk_seen:
+                self._chunk_event("ADDED", body, chunk, recorded, now)
+            return
         if not self.current(body):
             return
         if role_of(body) == Role.REDUCE:
@@ -431,12 +520,22 @@ class ChildIndex:
             self.lose(i)
         return bool(gone)
 
-    def release(self, index: int) -> None:
-        """The outcome is stored: nothing about this subtask's children matters any more."""
-        self.jobs.pop(index, None)
+    def release(self, index: int) -> bool:
+        """The outcome is stored: nothing about this subtask's children matters any more. True
+        when its Job has no other subtask left to record (a packed chunk's last), so its TTL may run."""
+        job = self.jobs.pop(index, None)
         self.pods.pop(index, None)
         self.attempts.pop(index, None)
         self.spent.pop(index, None)
+        left = self.chunk_left.get(job.name) if job is not None else None
+        if left is None:
+            return True
+        left.discard(index)
+        if left:
+            return False
+        del self.chunk_left[job.name]
+        self.chunk_seen.pop(job.name, None)
+        return True
 
     def retry(self, index: int, attempt: int) -> None:
         """A retry reset this subtask: only `attempt`'s children count now, and it needs a Job.
@@ -447,6 +546,8 @@ class ChildIndex:
         self.lose(index)
 
     def clear(self) -> None:
+        self.chunk_seen.clear()
+        self.chunk_left.clear()
         self.jobs.clear()
         self.pods.clear()
         self.attempts.clear()

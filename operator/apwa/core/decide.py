@@ -193,7 +193,8 @@ def _released(w: World, tally: Tally) -> tuple[tuple[int, str, int | None], ...]
 def _window(w: World, tally: Tally, active: int) -> tuple[tuple[int, ...], int]:
     """Top the sliding window up: the next indices that have no Job, no creation, no outcome."""
     creating = len(w.creating)
-    room = min(w.spec.parallelism - active - creating, MAX_CREATING - creating)
+    chunk = w.spec.packed or 1
+    room = min(w.spec.parallelism - active - creating, MAX_CREATING * chunk - creating)
     jobs, total = w.children.jobs, len(w.plan)
     picked: list[int] = []
     i = w.children.cursor
@@ -202,6 +203,11 @@ def _window(w: World, tally: Tally, active: int) -> tuple[tuple[int, ...], int]:
             picked.append(i)
             room -= 1
         i += 1
+    if chunk > 1 and len(picked) < chunk and room == 0 and active + creating > 0:
+        # Packed: wait until a whole chunk fits rather than start a small Indexed Job for the few
+        # slots that came free (unless nothing runs: then the window itself is small).
+        if any(j not in tally and j not in jobs and j not in w.creating for j in range(i, total)):
+            return (), w.children.cursor
     return tuple(picked), i
 
 

@@ -17,6 +17,10 @@ class PlaceholderError(ValueError):
     pass
 
 
+# A context key no placeholder can name: why index and item are missing from this context.
+WHY_MISSING = "\0why"
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -24,7 +28,8 @@ def _text(value: Any) -> str:
 def _lookup(name: str, context: dict[str, Any]) -> Any:
     head, _, rest = name.partition(".")
     if head in ("index", "count", "workload", "item") and head not in context:
-        raise PlaceholderError(f"{{{{ {name} }}}} is not available in this Job (a reduce step has no item or index)")
+        why = context.get(WHY_MISSING, "a reduce step has no item or index")
+        raise PlaceholderError(f"{{{{ {name} }}}} is not available in this Job ({why})")
     if head not in context:
         raise PlaceholderError(f"unknown placeholder {{{{ {name} }}}} (use index, count, workload or item)")
     value = context[head]
