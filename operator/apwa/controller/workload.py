@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -144,6 +144,8 @@ class WorkloadRunner:
         self.progress_at = time.time()
         self.failure_budget: int | None = None
         self.stopped = False
+        # Set by the registry: what a DELETED event does, for a workload found gone otherwise.
+        self.on_gone: Callable[[], None] = self.stop
 
     # ---- events from the shared watches ------------------------------------------------------
     def _recorded(self) -> Container[int]:
@@ -230,12 +232,23 @@ class WorkloadRunner:
                     # this workload after them: nothing can be stored any more, and pods held for
                     # their results would keep the namespace (and the workload) from ever going.
                     self.release_all_held()
+                elif e.status == 404 and await self._gone():
+                    # Deleted with its namespace: kopf may stop watching a namespace that goes
+                    # before it delivers the workload's DELETED event, and the loop would go on.
+                    self.on_gone()
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
                 delay, failed = ERROR_RETRY_SECONDS, True
             VITALS.step_ended(self.key)
             if not self.stopped:
                 self.publish_metrics()  # after a stall too: a stalled workload's progress time stays put
+
+    async def _gone(self) -> bool:
+        """Whether the workload no longer exists (False when the API server can't say)."""
+        try:
+            return await self.kube.get(self._path(PLURAL, API_VERSION, self.name)) is None
+        except ApiError:
+            return False
 
     def progressed(self) -> None:
         self.progress_at = time.time()
