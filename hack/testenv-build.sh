@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, and kubelet + kube-proxy for the real node, kwok, kwokctl) and the chart tools (helm, kubeconform) from Go modules only,
+# kubectl, etcd and etcdctl, and kubelet + kube-proxy for the real node, kwok, kwokctl) and the chart tools (helm, kubeconform) from Go modules only,
 # into a versioned cache directory outside the repo. A no-op when the binaries are there.
 # Prints the bin directory on its last line. Also builds the S3 server (versitygw, hack/s3.sh) into
 # its own versioned directory, $APWA_CACHE_DIR/s3-versitygw-<version>/bin, Kueue (hack/kueue.sh)
@@ -74,6 +74,15 @@ build_etcd() {
   init_simple_module etcd "" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
   log "building etcd $ETCD_VERSION"
   (cd "$mods/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+}
+
+# etcdctl, for the fault test that compacts etcd mid-run (tests/integration/test_faults.py: a 410
+# Gone comes only from resuming a watch at a compacted revision). Same version as etcd.
+build_etcdctl() {
+  have etcdctl && return 0
+  init_simple_module etcdctl "" "go.etcd.io/etcd/etcdctl/v3@$ETCD_VERSION"
+  log "building etcdctl $ETCD_VERSION"
+  (cd "$mods/etcdctl" && go build -trimpath -ldflags "-s -w" -o "$bin/etcdctl" go.etcd.io/etcd/etcdctl/v3)
 }
 
 build_kwok() {
@@ -154,9 +163,9 @@ build_promtool() {
 
 what=${1:-all}
 case "$what" in
-  all) build_etcd; build_kwok; build_helm; build_kubeconform; build_versitygw; build_kueue; build_promtool; build_kube ;;
+  all) build_etcd; build_etcdctl; build_kwok; build_helm; build_kubeconform; build_versitygw; build_kueue; build_promtool; build_kube ;;
   promtool) build_promtool; echo "$promtool_bin"; exit 0 ;;
-  kube|etcd|kwok|helm|kubeconform|versitygw|kueue) "build_$what" ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm|kubeconform|versitygw|kueue|promtool]" >&2; exit 2 ;;
+  kube|etcd|etcdctl|kwok|helm|kubeconform|versitygw|kueue) "build_$what" ;;
+  *) echo "usage: $0 [all|kube|etcd|etcdctl|kwok|helm|kubeconform|versitygw|kueue|promtool]" >&2; exit 2 ;;
 esac
 echo "$bin"

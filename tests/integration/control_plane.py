@@ -19,7 +19,9 @@ that died meanwhile, as a kubelet would restart a static pod.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
 import os
 import re
 import signal
@@ -28,7 +30,8 @@ import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from helpers import Cluster, wait_for
@@ -162,6 +165,43 @@ class ControlPlane:
                 start_new_session=True,  # outlives this test session, as kwokctl's processes do
             )
         self._pid_file(c).write_text(str(proc.pid))
+
+    @contextlib.contextmanager
+    def apiserver_flags(self, *flags: str) -> Iterator[None]:
+        """The API server restarted with extra flags for the block, then with its own again."""
+        own = self.commands[Component.APISERVER]
+        self.stop(Component.APISERVER)
+        self.commands[Component.APISERVER] = replace(own, argv=[*own.argv, *flags])
+        try:
+            self.start(Component.APISERVER)
+            self.wait_ready()
+            yield
+        finally:
+            self.stop(Component.APISERVER)
+            self.commands[Component.APISERVER] = own
+            self.revive()
+            self.wait_ready()
+
+    def etcd_endpoint(self) -> str:
+        """etcd's client URL, from its command line (kwokctl's etcd serves plain HTTP on loopback)."""
+        flag = "--advertise-client-urls="
+        urls = next(a for a in self.commands[Component.ETCD].argv if a.startswith(flag))
+        return urls.removeprefix(flag).split(",")[0]
+
+    def etcd_revision(self, etcdctl: Path) -> int:
+        out = self._etcdctl(etcdctl, "endpoint", "status", "-w", "json")
+        return int(json.loads(out)[0]["Status"]["header"]["revision"])
+
+    def compact(self, etcdctl: Path) -> int:
+        """Compact etcd's history up to its current revision (as its periodic compaction does,
+        only now); returns that revision: watches resumed before it are answered 410 Gone."""
+        rev = self.etcd_revision(etcdctl)
+        self._etcdctl(etcdctl, "compact", str(rev))
+        return rev
+
+    def _etcdctl(self, etcdctl: Path, *args: str) -> str:
+        cmd = [str(etcdctl), f"--endpoints={self.etcd_endpoint()}", "--command-timeout=10s", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
 
     def wait_ready(self, timeout: float = 120) -> float:
         """Wait until the API server answers /readyz; returns when that happened (time.monotonic)."""

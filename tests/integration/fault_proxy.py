@@ -15,6 +15,11 @@ certificate. Modes:
 `freeze_open_streams()` silences only the responses being relayed at that moment, for good, while
 new requests pass: connections a NAT or load balancer forgot without resetting them.
 
+`answer(Rule(...))` answers chosen requests (method and path pattern) with a chosen status, as the
+API server would (a Status body, Retry-After when given), until `clear()` or for the rule's first
+`times` matches: 429 storms, 5xx and 409 conflicts on exactly the writes under test. Every request
+is logged (`seen`, `answered`), so a test can count how often the operator tried.
+
 It runs on its own event loop in a thread; `mode` may be switched from the test at any time.
 """
 
@@ -23,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
 import ssl
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +51,55 @@ STARTING = {
 }
 # Request headers worth relaying (the proxy authenticates upstream with its own client certificate).
 FORWARDED = ("Content-Type", "Accept", "Accept-Encoding", "User-Agent")
+
+
+REASONS = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+MESSAGES = {
+    409: "Operation cannot be fulfilled: the object has been modified; please apply your changes to the "
+    "latest version and try again",
+    429: "the server has received too many requests and has asked us to try again later",
+    500: "Internal error occurred: injected by the test's fault proxy",
+    503: "the server is currently unable to handle the request",
+}
+
+
+@dataclass
+class Rule:
+    """Answer requests whose method is `method` (None: any) and whose path matches `path` (a regex,
+    searched in the path without the query) with `status`, `times` times (None: until cleared)."""
+
+    status: int
+    path: str
+    method: str | None = None
+    retry_after: str | None = None
+    times: int | None = None
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return (self.method is None or self.method == method) and re.search(self.path, path) is not None
+
+
+@dataclass(frozen=True)
+class Seen:
+    at: float  # time.monotonic()
+    method: str
+    path: str
+    status: int | None  # what the proxy answered by itself (None: forwarded)
+
+
+@dataclass
+class Log:
+    entries: list[Seen] = field(default_factory=list)
+
+    def answered(self, status: int, method: str | None = None, path: str = "") -> list[Seen]:
+        """The requests the proxy answered itself with `status` (optionally: that method, path regex)."""
+        return [
+            s
+            for s in self.entries
+            if s.status == status and (method is None or s.method == method) and re.search(path, s.path)
+        ]
 
 
 class Mode(enum.Enum):
@@ -67,6 +124,8 @@ class FaultProxy:
         self.kubeconfig.write_text(yaml.safe_dump(cfg))
         self.mode = Mode.PASS
         self.requests = 0  # answered by the proxy (any mode): how the test knows the operator tried
+        self.rules: tuple[Rule, ...] = ()
+        self.seen = Log()
         self._changed: asyncio.Event | None = None
         self._generation = 0  # of the requests; those of a generation <= _frozen are silenced
         self._frozen = -1
@@ -88,6 +147,13 @@ class FaultProxy:
             self._changed = asyncio.Event()
 
         self._loop.call_soon_threadsafe(switch)
+
+    def answer(self, *rules: Rule) -> None:
+        """From now on, answer the requests these rules match (replacing earlier rules)."""
+        self.rules = rules  # one assignment: the proxy's loop sees the old or the new tuple
+
+    def clear(self) -> None:
+        self.rules = ()
 
     def freeze_open_streams(self) -> None:
         def freeze() -> None:
@@ -132,6 +198,11 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        rule = next((r for r in self.rules if r.matches(request.method, request.path)), None)
+        self.seen.entries.append(Seen(time.monotonic(), request.method, request.path, rule and rule.status))
+        if rule is not None:
+            rule.hits += 1
+            return _status_answer(rule)
         if self.mode is Mode.STALL:
             await self._stalled()
         if self.mode is Mode.UNAVAILABLE:
@@ -184,3 +255,17 @@ class FaultProxy:
         finally:
             if nxt is not None:
                 nxt.cancel()
+
+
+def _status_answer(rule: Rule) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": MESSAGES.get(rule.status, f"HTTP {rule.status} injected by the test's fault proxy"),
+        "reason": REASONS.get(rule.status, ""),
+        "code": rule.status,
+    }
+    headers = {"Retry-After": rule.retry_after} if rule.retry_after is not None else None
+    return web.Response(status=rule.status, text=json.dumps(body), content_type="application/json", headers=headers)

@@ -14,6 +14,7 @@ they use their own operator and a namespace outside the session's prefix.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import urllib.error
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import pytest
 from control_plane import Component, ControlPlane
-from fault_proxy import FaultProxy, Mode
-from helpers import Cluster, temporary_namespace, wait_for
+from fault_proxy import FaultProxy, Mode, Rule
+from helpers import Cluster, temporary_namespace, tool_dir, wait_for
 from kubernetes import client, watch
 from operator_proc import OperatorProcess
 from workloads import Workloads, pod_template, workload
@@ -387,6 +388,130 @@ def test_a_silently_stalled_watch_is_noticed_and_resumed(
     assert stalled >= 1, "no watch was restarted as stalled"
 
 
+# ---- 410 Gone: a watch resumed at a revision etcd has compacted ----------------------------------------
+@pytest.mark.parametrize(
+    "compacted",
+    [
+        pytest.param(True, id="compacted-410-then-relist"),
+        # Control: the same stall without the compaction resumes without any 410 (the test can fail).
+        pytest.param(False, id="control-not-compacted-no-410", marks=pytest.mark.slow),
+    ],
+)
+def test_a_watch_resumed_at_a_compacted_revision_relists(
+    compacted: bool,
+    api: client.ApiClient,
+    fault_ns: str,
+    proxy: FaultProxy,
+    start_operator: Callable[..., OperatorProcess],
+    control_plane: ControlPlane,
+) -> None:
+    """The operator's watches go silent (the proxy freezes them), etcd is compacted at its current
+    revision meanwhile, and the operator resumes them from the resourceVersion it had: 410 Gone.
+
+    The API server runs without its watch cache for this test: with the cache, a watch resumed
+    inside the cache's window is served from memory whatever etcd compacted (tried: it is), and
+    after an API server restart the fresh cache answers 410 for any older revision, compacted or
+    not. Without it, the watch goes to etcd, and the 410 comes from the compaction alone (the
+    control case shows that the same resume without compaction gets no 410).
+    """
+    etcdctl = tool_dir("etcdctl") / "etcdctl"
+    with control_plane.apiserver_flags("--watch-cache=false"):
+        op = start_operator({"APWA_WATCH_TIMEOUT": "5"}, kubeconfig=proxy.kubeconfig)
+        with Run(api, fault_ns, op) as run:
+            frozen = time.monotonic()
+            proxy.freeze_open_streams()
+            before = control_plane.etcd_revision(etcdctl)
+            # The run goes on (kwok finishes pods): revisions the frozen watches miss.
+            wait_for(lambda: control_plane.etcd_revision(etcdctl) > before + 20, 30, "etcd revisions after the freeze")
+            if compacted:
+                control_plane.compact(etcdctl)
+            target = run.succeeded() + 2 * PARALLELISM
+            wait_for(lambda: run.succeeded() >= target, 60, "two more rounds after the freeze")
+            resumed = time.monotonic() - frozen
+            run.check_end_state()
+            text = op.metrics()
+    expired = sum_metric(text, "apwa_watch_restarts_total", 'reason="expired"')
+    relisted = "410 Gone" in op.log_path.read_text()
+    print(f"\n[compacted={compacted}] two more rounds {resumed:.1f}s after the freeze; 410s seen: {expired:g}")
+    if compacted:
+        assert expired >= 1 and relisted, "no watch was answered 410 Gone after the compaction"
+    else:
+        assert expired == 0 and not relisted, "a 410 without a compaction: the test does not show what it claims"
+
+
+# ---- error answers on chosen requests: 429 storms with Retry-After, 5xx, 409 ---------------------------
+STATUS_PATCH = r"/parallelworkloads/f/status$"
+JOB_CREATE = r"/apis/batch/v1/namespaces/[^/]+/jobs$"
+
+
+@dataclass(frozen=True)
+class Storm:
+    rule: Rule
+    seconds: float  # how long the rule stays (a `times` rule ends earlier by itself)
+    min_gap: float  # consecutive answered requests of one serial writer are at least this far apart
+    max_answered: int  # more than this many answered requests would be a hot loop
+
+
+STORMS = {
+    # The status writer is serial (one loop per workload): each 429 must cost it Retry-After.
+    "429-retry-after-2s-on-status-patches": Storm(Rule(429, STATUS_PATCH, "PATCH", retry_after="2"), 20, 1.9, 11),
+    # Job creations run 8 at a time (the parallelism): at most 8 per Retry-After.
+    "429-retry-after-1s-on-job-creates": Storm(Rule(429, JOB_CREATE, "POST", retry_after="1"), 15, 0.0, 8 * 16),
+    # No Retry-After: the client's backoff (0.05 s doubling to 5 s), then the loop's 5 s.
+    "503-on-status-patches": Storm(Rule(503, STATUS_PATCH, "PATCH"), 20, 0.0, 20),
+    "500-on-status-patches": Storm(Rule(500, STATUS_PATCH, "PATCH"), 20, 0.0, 20),
+    # A conflict is not retried by the client: the step fails and the loop writes again 5 s later.
+    "409-on-5-status-patches": Storm(Rule(409, STATUS_PATCH, "PATCH", times=5), 60, 0.0, 5),
+    # Not retried by the client either, and for as long as it lasts (RBAC taken away): the loop
+    # must wait its 5 s between failed steps, not retry at every child event.
+    "403-on-status-patches": Storm(Rule(403, STATUS_PATCH, "PATCH"), 15, 4.5, 5),
+}
+
+
+# CI's budget: one of each kind; the rest (5xx without Retry-After, 429 on creations) are slow.
+SLOW_STORMS = {"429-retry-after-1s-on-job-creates", "503-on-status-patches", "500-on-status-patches"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_STORMS else []) for n in sorted(STORMS)]
+)
+def test_error_answers_on_chosen_requests_are_honoured_and_change_no_outcome(
+    name: str,
+    api: client.ApiClient,
+    fault_ns: str,
+    proxy: FaultProxy,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    storm = STORMS[name]
+    op = start_operator(kubeconfig=proxy.kubeconfig)
+    with Run(api, fault_ns, op) as run:
+        start = time.monotonic()
+        proxy.answer(storm.rule)
+        # The storm's length, under test; a `times` rule ends sooner, once every answer is given.
+        while time.monotonic() < start + storm.seconds and not spent(storm.rule):
+            time.sleep(0.2)
+        if storm.rule.times is not None:
+            assert spent(storm.rule), f"only {storm.rule.hits} of {storm.rule.times} answers given"
+        proxy.clear()
+        healed = time.monotonic()
+        run.alive()
+        run.check_end_state()
+        ended = time.monotonic()
+    answered = proxy.seen.answered(storm.rule.status, storm.rule.method, storm.rule.path)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(answered)]
+    print(
+        f"\n[{name}] {len(answered)} answered {storm.rule.status} in {healed - start:.1f}s "
+        f"(smallest gap {min(gaps, default=0):.2f}s); complete {ended - healed:.1f}s after the storm"
+    )
+    assert answered, "the storm met no request: the rule is wrong"
+    assert len(answered) <= storm.max_answered, f"{len(answered)} requests in {healed - start:.0f}s: a hot loop"
+    assert min(gaps, default=storm.min_gap) >= storm.min_gap, f"Retry-After not honoured: gaps {gaps}"
+
+
+def spent(rule: Rule) -> bool:
+    return rule.times is not None and rule.hits >= rule.times
+
+
 def sum_metric(text: str, name: str, label: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{") and label in line
@@ -467,3 +592,180 @@ def test_operator_killed_after_a_write_loses_and_duplicates_nothing(
     assert len(recorder.uids) == N
     duplicated = {name: u for name, u in recorder.uids.items() if len(u) > 1}
     assert not duplicated, f"Jobs created twice: {duplicated}"
+
+
+# ---- children, the workload, its namespace deleted by someone else mid-run ----------------------------
+# What a user can expect (docs/reliability.md, "Deleted by someone else"): a subtask's Job deleted
+# before its outcome is recorded is created again (the subtask runs again: at-least-once); a
+# subtask's pod deleted is a failed attempt of that Job, retried within its backoffLimit as
+# Kubernetes does for any Job; a deleted workload or namespace leaves nothing behind and no loop.
+LABEL_WORKLOAD = "apwa.dev/workload"
+
+
+def delete_unfinished(api: client.ApiClient, ns: str, kind: str) -> str:
+    """Delete one running Job or pod of workload f, guarded by its resourceVersion (a precondition:
+    it is deleted as seen unfinished, or not at all, and another is tried). Returns its name."""
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+
+    def attempt() -> str | None:
+        selector = f"{LABEL_WORKLOAD}=f,apwa.dev/role=subtask"
+        if kind == "job":
+            items = [j for j in batch.list_namespaced_job(ns, label_selector=selector).items if j.status.active]
+            items = [j for j in items if not j.status.succeeded and not j.status.failed]
+            delete = batch.delete_namespaced_job
+        else:
+            items = core.list_namespaced_pod(ns, label_selector=selector).items
+            items = [p for p in items if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+            delete = core.delete_namespaced_pod
+        if not items:
+            return None
+        victim = max(items, key=lambda o: o.metadata.creation_timestamp)  # the youngest: furthest from done
+        pre = client.V1Preconditions(resource_version=victim.metadata.resource_version)
+        try:
+            delete(
+                victim.metadata.name,
+                ns,
+                body=client.V1DeleteOptions(propagation_policy="Background", preconditions=pre),
+            )
+        except client.ApiException as e:
+            if e.status == 409:  # it changed meanwhile (maybe finished): take another
+                return None
+            raise
+        if kind == "pod":
+            kubelet_kills(core, ns, victim)
+        return str(victim.metadata.name)
+
+    return wait_for(attempt, 60, f"a running {kind} of f to delete", interval=0.05, max_interval=0.2)
+
+
+def kubelet_kills(core: client.CoreV1Api, ns: str, pod: client.V1Pod) -> None:
+    """What the kubelet does to a running pod being deleted, which kwok does not: its container is
+    killed and the pod ends Failed (the Job controller, given a podFailurePolicy, waits for that)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    main = pod.spec.containers[0]
+    killed = {"exitCode": 137, "reason": "Error", "startedAt": now, "finishedAt": now}
+    status = {"name": main.name, "image": main.image, "imageID": "", "ready": False, "restartCount": 0}
+    body = {"status": {"phase": "Failed", "containerStatuses": [{**status, "state": {"terminated": killed}}]}}
+    core.patch_namespaced_pod_status(pod.metadata.name, ns, body)
+
+
+@pytest.mark.parametrize("kind", ["job", "pod"], ids=["job-deleted-mid-run", "pod-deleted-mid-run"])
+def test_a_child_deleted_by_someone_else_is_run_again_and_recorded_once(
+    kind: str,
+    api: client.ApiClient,
+    fault_ns: str,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    op = start_operator()
+    w = Workloads(api, fault_ns)
+    recorder = JobRecorder(client.BatchV1Api(api), fault_ns)
+    threading.Thread(target=recorder.run, daemon=True).start()
+    templates = {
+        "default": {
+            "podTemplate": pod_template({"KWOK_DELAY_MS": DELAY_MS, "KWOK_MESSAGE": "{{ index }}"}),
+            "backoffLimit": 1,  # a deleted pod is a failed attempt: one retry lets it succeed
+            "ttlSecondsAfterFinished": 3600,  # every Job stays for the recorder
+        }
+    }
+    try:
+        w.create(workload("f", {"range": {"end": N}}, templates=templates, parallelism=PARALLELISM))
+        counts = lambda: (w.get("f").get("status") or {}).get("counts", {})  # noqa: E731
+        wait_for(lambda: counts().get("succeeded", 0) >= PARALLELISM, 120, "a round done")
+        victim = delete_unfinished(api, fault_ns, kind)
+        done = w.wait_condition("f", "Complete", timeout=300)
+    finally:
+        recorder.stop.set()
+    assert converged(done), f"status counts: {done['status']['counts']}"
+    assert {i: e["result"] for i, e in w.results("f").items()} == {i: i for i in range(N)}
+    assert metric(op.metrics(), "apwa_subtasks_succeeded_total") == N, "a subtask was recorded twice"
+    again = {name: u for name, u in recorder.uids.items() if len(u) > 1}
+    if kind == "job":
+        assert set(again) == {victim} and len(again[victim]) == 2, f"Jobs created again: {again} (deleted {victim})"
+    else:
+        assert not again, f"a deleted pod is the Job's to replace, not the operator's: {again}"
+    assert len(recorder.uids) == N
+
+
+def leftovers(api: client.ApiClient, ns: str) -> dict[str, list[str]]:
+    """Whatever of workload f still exists in the namespace, by kind."""
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    net = client.NetworkingV1Api(api)
+    sel = f"{LABEL_WORKLOAD}=f"
+    found = {
+        "jobs": batch.list_namespaced_job(ns, label_selector=sel).items,
+        "pods": core.list_namespaced_pod(ns, label_selector=sel).items,
+        "configmaps": core.list_namespaced_config_map(ns, label_selector=sel).items,
+        "networkpolicies": net.list_namespaced_network_policy(ns, label_selector=sel).items,
+    }
+    return {k: [o.metadata.name for o in v] for k, v in found.items() if v}
+
+
+def warnings_about(log: str, key: str) -> list[str]:
+    return [line for line in log.splitlines() if key in line and ("WARNING" in line or "ERROR" in line)]
+
+
+def test_a_workload_deleted_mid_run_leaves_nothing_and_no_loop(
+    api: client.ApiClient, fault_ns: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    op = start_operator()
+    with Run(api, fault_ns, op) as run:
+        assert leftovers(api, fault_ns).keys() >= {"jobs", "pods", "configmaps", "networkpolicies"}
+        deleted = time.monotonic()
+        run.w.delete("f")
+        wait_for(lambda: not leftovers(api, fault_ns), 120, f"nothing of f left (now: {leftovers(api, fault_ns)})")
+        gone = time.monotonic()
+        log_at_gone = op.log_path.read_text()
+        # A loop left behind would keep trying and logging: give it a few of its retry periods.
+        time.sleep(12)
+        run.alive()
+        later = op.log_path.read_text()[len(log_at_gone) :]
+    key = f"{fault_ns}/f"
+    assert not warnings_about(later, key), f"the operator kept working on a deleted workload: {later[-2000:]}"
+    assert "Traceback" not in op.log_path.read_text(), op.log_path.read_text()[-3000:]
+    series = [line for line in op.metrics().splitlines() if 'name="f"' in line and f'namespace="{fault_ns}"' in line]
+    assert not series, f"metrics of a deleted workload: {series}"
+    print(f"\n[workload deleted] nothing of it left {gone - deleted:.1f}s after the delete")
+
+
+def test_a_namespace_deleted_mid_run_goes_and_other_workloads_go_on(
+    api: client.ApiClient, crd: None, tmp_path: Path
+) -> None:
+    prefix = f"fault-{uuid.uuid4().hex[:6]}"
+    labels = {"apwa.dev/test": "faults"}
+    with (
+        temporary_namespace(api, f"{prefix}-a", labels) as doomed,
+        temporary_namespace(api, f"{prefix}-b", labels) as other,
+    ):
+        op = OperatorProcess(tmp_path / "operator", args=["--namespace", f"{prefix}-*"])
+        op.start()
+        try:
+            run_doomed, run_other = Workloads(api, doomed), Workloads(api, other)
+            env = {"KWOK_DELAY_MS": DELAY_MS, "KWOK_MESSAGE": "{{ index }}"}
+            run_doomed.create(workload("f", {"range": {"end": N}}, env, parallelism=PARALLELISM))
+            wait_for(lambda: leftovers(api, doomed).keys() >= {"jobs", "pods"}, 60, "the doomed workload running")
+            run_other.create(workload("f", {"range": {"end": N}}, env, parallelism=PARALLELISM))
+            deleted = time.monotonic()
+            client.CoreV1Api(api).delete_namespace(doomed)
+            wait_for(lambda: not namespace_exists(api, doomed), 180, f"namespace {doomed} gone (its pods released)")
+            gone = time.monotonic()
+            log_at_gone = op.log_path.read_text()
+            done = run_other.wait_condition("f", "Complete", timeout=300)
+            time.sleep(max(0.0, gone + 12 - time.monotonic()))  # as above: room for a loop left behind
+            assert op.proc is not None and op.proc.poll() is None, op.log_path.read_text()[-3000:]
+            later = op.log_path.read_text()[len(log_at_gone) :]
+        finally:
+            op.stop()
+    assert converged(done), f"status counts of the other namespace's workload: {done['status']['counts']}"
+    assert {i: e["result"] for i, e in run_other.results("f").items()} == {i: i for i in range(N)}
+    assert not warnings_about(later, doomed), f"the operator kept working in a deleted namespace: {later[-2000:]}"
+    print(f"\n[namespace deleted] gone {gone - deleted:.1f}s after the delete")
+
+
+def namespace_exists(api: client.ApiClient, name: str) -> bool:
+    try:
+        client.CoreV1Api(api).read_namespace(name)
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True

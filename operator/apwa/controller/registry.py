@@ -51,6 +51,7 @@ class Registry:
         if runner is None:
             assert self.kube is not None, "the operator has not started yet"
             runner = WorkloadRunner(self.kube, body, self.settings)
+            runner.on_gone = lambda: self.workload_event("DELETED", {"metadata": {"uid": uid}})
             runner.task = asyncio.create_task(runner.run(), name=f"workload {body['metadata']['name']}")
             self.runners[uid] = runner
         runner.on_workload(body)

@@ -73,7 +73,7 @@ class ChildWatch:
 
     async def _run_path(self, path: str) -> None:
         VITALS.watch(path, self.timeout)
-        for reason in ("stalled", "error"):
+        for reason in ("stalled", "error", "expired"):
             # Present at 0 from the start: increase() and alerts see the first restart, not nothing.
             metrics.WATCH_RESTARTS.labels(watch=path, reason=reason)
         backoff = Backoff(0.5, WATCH_BACKOFF_CAP)
@@ -85,6 +85,12 @@ class ChildWatch:
                     VITALS.connected(path, True)
                 rv = await self._watch(path, rv)
                 backoff.reset()
+                if rv is None:
+                    # 410 Gone: the resourceVersion it resumed from is compacted (or older than the
+                    # API server's window, e.g. after its restart). Relisting is the cure; counted
+                    # and logged so that a test (and a person) can tell it happened.
+                    metrics.WATCH_RESTARTS.labels(watch=path, reason="expired").inc()
+                    log.info("watch %s: resourceVersion expired (410 Gone); listing again", path)
             except asyncio.CancelledError:
                 raise
             except httpx.ReadTimeout:

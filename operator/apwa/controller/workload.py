@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -144,6 +144,8 @@ class WorkloadRunner:
         self.progress_at = time.time()
         self.failure_budget: int | None = None
         self.stopped = False
+        # Set by the registry: what a DELETED event does, for a workload found gone otherwise.
+        self.on_gone: Callable[[], None] = self.stop
 
     # ---- events from the shared watches ------------------------------------------------------
     def _recorded(self) -> Container[int]:
@@ -200,12 +202,19 @@ class WorkloadRunner:
 
     async def _loop(self) -> None:
         delay = 0.0
+        failed = False
         while not self.stopped:
+            if failed:
+                # A failed step waits out its delay: child events keep coming while a write keeps
+                # failing (a 403 or 409 the client does not retry), and each would retry it at once.
+                await asyncio.sleep(delay)
+                delay = 0.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
             await asyncio.sleep(MIN_STEP_INTERVAL)  # rate limit, not synchronisation: see above
             self.wake.clear()
             VITALS.step_started(self.key)
+            failed = False
             try:
                 if faultpoints.passed(faultpoints.Point.STEP):
                     await faultpoints.forever()
@@ -217,13 +226,29 @@ class WorkloadRunner:
             except ApiError as e:
                 # Already retried with backoff inside the client; one line is enough here.
                 log.warning("workload %s/%s: %s; retrying", self.namespace, self.name, e)
-                delay = ERROR_RETRY_SECONDS
+                delay, failed = ERROR_RETRY_SECONDS, True
+                if e.namespace_terminating:
+                    # The namespace goes, pods first (Kubernetes' ordered namespace deletion) and
+                    # this workload after them: nothing can be stored any more, and pods held for
+                    # their results would keep the namespace (and the workload) from ever going.
+                    self.release_all_held()
+                elif e.status == 404 and await self._gone():
+                    # Deleted with its namespace: kopf may stop watching a namespace that goes
+                    # before it delivers the workload's DELETED event, and the loop would go on.
+                    self.on_gone()
             except Exception:
                 log.exception("workload %s/%s: step failed; retrying", self.namespace, self.name)
-                delay = ERROR_RETRY_SECONDS
+                delay, failed = ERROR_RETRY_SECONDS, True
             VITALS.step_ended(self.key)
             if not self.stopped:
                 self.publish_metrics()  # after a stall too: a stalled workload's progress time stays put
+
+    async def _gone(self) -> bool:
+        """Whether the workload no longer exists (False when the API server can't say)."""
+        try:
+            return await self.kube.get(self._path(PLURAL, API_VERSION, self.name)) is None
+        except ApiError:
+            return False
 
     def progressed(self) -> None:
         self.progress_at = time.time()

@@ -37,6 +37,13 @@ class ApiError(Exception):
         super().__init__(f"{method} {path}: {status} {self.reason}: {message}")
         self.message = message
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """A create refused because its namespace is being deleted (cause NamespaceTerminating)."""
+        details = (self.body.get("details") or {}) if isinstance(self.body, dict) else {}
+        causes = {c.get("type") for c in details.get("causes") or [] if isinstance(c, dict)}
+        return self.status == 403 and ("NamespaceTerminating" in causes or "being terminated" in self.message)
+
 
 class Kube:
     def __init__(
