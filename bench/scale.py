@@ -17,6 +17,12 @@ spreads of the ratios operator/raw and operator/indexed.
     eval "$(make -s cluster | tail -n 1)"
     make bench-scale                              # N = 1000 x3, 10000 x3
     .venv/bin/python bench/scale.py --n 1000 --n 10000 --n 100000 --repeats 3 --repeats-at-100k 1
+    .venv/bin/python bench/scale.py --n 10000 --repeats 1 --side operator --profile bench/results/prof
+
+--side limits a run to some sides (repeatable). --profile DIR samples the operator with py-spy
+(`pip install py-spy`: a sampling profiler in its own process, so the operator's code runs
+unchanged and its CPU seconds stay its own) into DIR/operator-N<n>-<repeat>.txt, py-spy's raw
+collapsed stacks; bench/profile_top.py prints their top entries.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import csv
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -120,7 +127,23 @@ def scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
-async def operator_side(kube: Kube, run: Run) -> None:
+def start_profiler(pid: int, out_dir: Path | None, run: Run) -> subprocess.Popen[bytes] | None:
+    if out_dir is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"operator-N{run.n}-{run.repeat}.txt"
+    spy = Path(sys.executable).parent / "py-spy"
+    cmd = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--nonblocking", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(timeout=120)
+
+
+async def operator_side(kube: Kube, run: Run, profile: Path | None = None) -> None:
     port = free_port()
     log = open("/tmp/apwa-bench-scale-operator.log", "wb")
     proc = subprocess.Popen(
@@ -136,6 +159,7 @@ async def operator_side(kube: Kube, run: Run) -> None:
         path = ns_path(WORKLOADS, ns, "parallelworkloads", "s")
         before_api, before_op = await apiserver_metrics(kube), scrape(port)
         cpu0 = cpu_seconds(proc.pid)
+        spy = start_profiler(proc.pid, profile, run)
         started = time.perf_counter()
         watcher = asyncio.create_task(watch_jobs(kube, ns, run.n, started, "apwa.dev/workload=s"))
         with Sampler(kube, path) as sampler:
@@ -143,6 +167,7 @@ async def operator_side(kube: Kube, run: Run) -> None:
             run.created_s, _ = await watcher
             status = await _complete(kube, path)
             run.complete_s = time.perf_counter() - started
+        stop_profiler(spy)
         after_api, after_op = await apiserver_metrics(kube), scrape(port)
         run.operator_cpu_s = cpu_seconds(proc.pid) - cpu0
         run.operator_rss_mib = peak_rss_mib(proc.pid)
@@ -200,10 +225,10 @@ async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awa
     _api_figures(run, before, after)
 
 
-async def one(kube: Kube, n: int, repeat: int, side: str) -> Run:
+async def one(kube: Kube, n: int, repeat: int, side: str, profile: Path | None = None) -> Run:
     run = Run(n, repeat, side)
     if side == "operator":
-        await operator_side(kube, run)
+        await operator_side(kube, run, profile)
     else:
         await baseline_side(kube, run, raw if side == "raw" else indexed)
     run.subtasks_per_s = n / run.complete_s
@@ -286,7 +311,9 @@ def plot(runs: list[Run], stamp: str) -> Path:
     return path
 
 
-async def main_async(ns: list[int], repeats: int, repeats_at_100k: int) -> list[Run]:
+async def main_async(
+    ns: list[int], repeats: int, repeats_at_100k: int, sides: tuple[str, ...] = SIDES, profile: Path | None = None
+) -> list[Run]:
     subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True)
     kube = Kube.from_config(concurrency=64)
     runs: list[Run] = []
@@ -295,8 +322,8 @@ async def main_async(ns: list[int], repeats: int, repeats_at_100k: int) -> list[
             reps = repeats_at_100k if n >= 100_000 else repeats
             for rep in range(reps):
                 order = SIDES[rep % 3 :] + SIDES[: rep % 3]
-                for side in order:
-                    runs.append(await one(kube, n, rep, side))
+                for side in (s for s in order if s in sides):
+                    runs.append(await one(kube, n, rep, side, profile))
     finally:
         await kube.close()
     return runs
@@ -307,11 +334,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, action="append", help="subtasks (repeatable); default 1000 and 10000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repeats-at-100k", type=int, default=1)
+    ap.add_argument("--side", choices=SIDES, action="append", help="only these sides (repeatable); default all")
+    ap.add_argument("--profile", type=Path, help="sample the operator with py-spy into this directory")
     args = ap.parse_args()
     if not os.environ.get("KUBECONFIG"):
         sys.exit('set KUBECONFIG first: eval "$(make -s cluster | tail -n 1)"')
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs = asyncio.run(main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k))
+    sides = tuple(args.side or SIDES)
+    runs = asyncio.run(main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides, args.profile))
     summary(runs)
     print(f"\nCSV: {write(runs, stamp)}\nplot: {plot(runs, stamp)}")
 
