@@ -105,10 +105,9 @@ def decide(w: World, now: float) -> Step:
     actions: list[Action] = []
     if new:
         actions.append(RecordOutcomes(tuple(new)))
-    released = _released(w, tally)
+    released, unfinished, queued = _sort_jobs(w, tally)
     if released:
         actions.append(ReleaseJobs(released))
-    unfinished = [i for i, j in w.children.jobs.items() if not j.finished and i not in tally]
     actions += _follow_suspend(w, unfinished)
     allowed = w.spec.failure.allowed(len(w.plan))
     failing = tally.failed > allowed
@@ -118,7 +117,6 @@ def decide(w: World, now: float) -> Step:
         create, resume_at = _window(w, tally, len(unfinished))
         if create:
             actions.append(CreateJobs(create, resume_at))
-    queued = sum(1 for i in unfinished if w.children.jobs[i].awaiting_admission)
     active = len(unfinished) - queued
     verdict = _verdict(w, tally, allowed, failing, active, queued, now)
     if spent and not failing and tally.finished < len(w.plan):
@@ -181,13 +179,22 @@ def _follow_suspend(w: World, unfinished: Sequence[int]) -> list[Action]:
     return actions
 
 
-def _released(w: World, tally: Tally) -> tuple[tuple[int, str, int | None], ...]:
-    """Jobs whose outcome is recorded (now or before): each with its template's TTL."""
-    return tuple(
-        (i, job.name, w.spec.templates[w.plan[i].template].ttl_seconds_after_finished)
-        for i, job in w.children.jobs.items()
-        if i in tally
-    )
+def _sort_jobs(w: World, tally: Tally) -> tuple[tuple[tuple[int, str, int | None], ...], list[int], int]:
+    """One pass over the Jobs (every step makes it, over up to spec.parallelism Jobs): those whose
+    outcome is recorded (now or before), each with its template's TTL, to release; the unfinished
+    others, by index; and how many of those await admission by Kueue."""
+    recorded, new = tally.recorded.outcomes, tally.new  # `in tally`, without a call per Job
+    released: list[tuple[int, str, int | None]] = []
+    unfinished: list[int] = []
+    queued = 0
+    for i, job in w.children.jobs.items():
+        if i in recorded or i in new:
+            released.append((i, job.name, w.spec.templates[w.plan[i].template].ttl_seconds_after_finished))
+        elif not job.finished:
+            unfinished.append(i)
+            if job.queued and job.awaiting_admission:  # the property only for Kueue's Jobs
+                queued += 1
+    return tuple(released), unfinished, queued
 
 
 def _window(w: World, tally: Tally, active: int) -> tuple[tuple[int, ...], int]:
