@@ -2,7 +2,8 @@
 baselines, for N = 1,000 / 10,000 / 100,000 on the local control plane (kwok nodes).
 
 Sides, interleaved (the order rotates every repeat: A B C, B C A, C A B, ...):
-  operator   one ParallelWorkload of N subtasks, parallelism N, a fresh operator process
+  operator   one ParallelWorkload of N subtasks, parallelism min(N, 10,000) (the CRD's limit), a fresh
+             operator process
   raw        the same N Jobs created by a minimal async client (the API server's own limit)
   indexed    one Indexed Job of N completions (what Kubernetes does without one Job per subtask)
 
@@ -143,7 +144,7 @@ def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
         spy.wait(timeout=120)
 
 
-async def operator_side(kube: Kube, run: Run, profile: Path | None = None) -> None:
+async def operator_side(kube: Kube, run: Run, profile: Path | None = None, job_ttl: int | None = None) -> None:
     port = free_port()
     log = open("/tmp/apwa-bench-scale-operator.log", "wb")
     proc = subprocess.Popen(
@@ -155,7 +156,12 @@ async def operator_side(kube: Kube, run: Run, profile: Path | None = None) -> No
     try:
         await _healthy(proc, port)
         ns = await namespace(kube, "scale-op")
-        body = {"apiVersion": WORKLOADS, "kind": "ParallelWorkload", "metadata": {"name": "s"}, "spec": spec(run.n)}
+        body = {
+            "apiVersion": WORKLOADS,
+            "kind": "ParallelWorkload",
+            "metadata": {"name": "s"},
+            "spec": spec(run.n, job_ttl),
+        }
         path = ns_path(WORKLOADS, ns, "parallelworkloads", "s")
         before_api, before_op = await apiserver_metrics(kube), scrape(port)
         cpu0 = cpu_seconds(proc.pid)
@@ -225,10 +231,12 @@ async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awa
     _api_figures(run, before, after)
 
 
-async def one(kube: Kube, n: int, repeat: int, side: str, profile: Path | None = None) -> Run:
+async def one(
+    kube: Kube, n: int, repeat: int, side: str, profile: Path | None = None, job_ttl: int | None = None
+) -> Run:
     run = Run(n, repeat, side)
     if side == "operator":
-        await operator_side(kube, run, profile)
+        await operator_side(kube, run, profile, job_ttl)
     else:
         await baseline_side(kube, run, raw if side == "raw" else indexed)
     run.subtasks_per_s = n / run.complete_s
@@ -312,7 +320,12 @@ def plot(runs: list[Run], stamp: str) -> Path:
 
 
 async def main_async(
-    ns: list[int], repeats: int, repeats_at_100k: int, sides: tuple[str, ...] = SIDES, profile: Path | None = None
+    ns: list[int],
+    repeats: int,
+    repeats_at_100k: int,
+    sides: tuple[str, ...] = SIDES,
+    profile: Path | None = None,
+    job_ttl: int | None = None,
 ) -> list[Run]:
     subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True)
     kube = Kube.from_config(concurrency=64)
@@ -323,7 +336,7 @@ async def main_async(
             for rep in range(reps):
                 order = SIDES[rep % 3 :] + SIDES[: rep % 3]
                 for side in (s for s in order if s in sides):
-                    runs.append(await one(kube, n, rep, side, profile))
+                    runs.append(await one(kube, n, rep, side, profile, job_ttl))
     finally:
         await kube.close()
     return runs
@@ -336,12 +349,19 @@ def main() -> None:
     ap.add_argument("--repeats-at-100k", type=int, default=1)
     ap.add_argument("--side", choices=SIDES, action="append", help="only these sides (repeatable); default all")
     ap.add_argument("--profile", type=Path, help="sample the operator with py-spy into this directory")
+    ap.add_argument(
+        "--job-ttl",
+        type=int,
+        help="ttlSecondsAfterFinished of the operator's Jobs, set once recorded (keeps etcd bounded at 100,000)",
+    )
     args = ap.parse_args()
     if not os.environ.get("KUBECONFIG"):
         sys.exit('set KUBECONFIG first: eval "$(make -s cluster | tail -n 1)"')
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sides = tuple(args.side or SIDES)
-    runs = asyncio.run(main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides, args.profile))
+    runs = asyncio.run(
+        main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides, args.profile, args.job_ttl)
+    )
     summary(runs)
     print(f"\nCSV: {write(runs, stamp)}\nplot: {plot(runs, stamp)}")
 
