@@ -20,6 +20,8 @@ spreads of the ratios operator/raw and operator/indexed.
     .venv/bin/python bench/scale.py --n 1000 --n 10000 --n 100000 --repeats 3 --repeats-at-100k 1
     .venv/bin/python bench/scale.py --n 10000 --repeats 1 --side operator --profile bench/results/prof
 
+APWA_ETCD_URL (etcd's client URL, e.g. http://127.0.0.1:32760: `ps` shows --listen-client-urls)
+gives the etcd bytes where the API server has no apiserver_storage_size_bytes.
 --side limits a run to some sides (repeatable). --profile DIR samples the operator with py-spy
 (`pip install py-spy`: a sampling profiler in its own process, so the operator's code runs
 unchanged and its CPU seconds stay its own) into DIR/operator-N<n>-<repeat>.txt, py-spy's raw
@@ -217,7 +219,20 @@ def _api_figures(run: Run, before: str, after: str) -> None:
     run.api_requests_per_subtask = (
         total(after, "apiserver_request_total") - total(before, "apiserver_request_total")
     ) / run.n
-    run.etcd_bytes = total(after, "apiserver_storage_size_bytes")
+    run.etcd_bytes = total(after, "apiserver_storage_size_bytes") or etcd_db_bytes()
+
+
+def etcd_db_bytes() -> float:
+    """etcd's database file (what its quota is checked against), from etcd's own metrics at
+    $APWA_ETCD_URL: the API server of the kwok clusters (1.36) exports no
+    apiserver_storage_size_bytes."""
+    url = os.environ.get("APWA_ETCD_URL")
+    if not url:
+        return 0.0
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    return total(text, "etcd_mvcc_db_total_size_in_bytes")
 
 
 async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awaitable[Any]]) -> None:
