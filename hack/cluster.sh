@@ -40,7 +40,7 @@ else # another cluster beside the default one gets its own fixed port, outside t
 fi
 # etcd refuses writes (alarm NOSPACE) once its database reaches this. etcd's own default is 2 GiB;
 # kwokctl passes 8Gi unless told otherwise, which holds a 100,000-subtask run (bench/scale.py
-# records the API server's apiserver_storage_size_bytes: docs/scaling.md has the figures). Pinned
+# records etcd's database size: docs/scale-profile.md has the figures). Pinned
 # here so that a kwokctl upgrade can't lower it, and a cluster created before it was pinned (8Gi
 # too) is current: only another value enters the config hash and recreates the cluster.
 etcd_quota=${APWA_ETCD_QUOTA:-8Gi}

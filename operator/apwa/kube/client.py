@@ -28,7 +28,7 @@ MAX_RETRY_AFTER = 30.0
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 # Connections per httpx client. httpcore's pool scans its connections, and for each idle one all
 # of them again, on every request and every response (httpcore 1.0.9): with 64 connections in one
-# pool that bookkeeping took 58% of the operator's CPU at 10,000 subtasks (notes: docs/scaling.md).
+# pool that bookkeeping took 43-58% of the operator's CPU at 10,000 subtasks (docs/scale-profile.md).
 # Pools of 8, each request sent through the least busy one, keep the scans short.
 POOL_SHARD = 8
 
