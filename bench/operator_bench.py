@@ -49,8 +49,20 @@ POD = {
 }
 
 
-def spec(n: int) -> dict[str, Any]:
-    return {"decomposition": {"range": {"end": n}}, "parallelism": n, "templates": {"default": {"podTemplate": POD}}}
+MAX_PARALLELISM = 10_000  # the CRD's limit on spec.parallelism
+
+
+def spec(n: int, job_ttl: int | None = None) -> dict[str, Any]:
+    """N subtasks, all at once up to the CRD's limit; `job_ttl`: the template's
+    ttlSecondsAfterFinished (set on each Job once its outcome is recorded)."""
+    template: dict[str, Any] = {"podTemplate": POD}
+    if job_ttl is not None:
+        template["ttlSecondsAfterFinished"] = job_ttl
+    return {
+        "decomposition": {"range": {"end": n}},
+        "parallelism": min(n, MAX_PARALLELISM),
+        "templates": {"default": template},
+    }
 
 
 async def namespace(kube: Kube, prefix: str) -> str:
@@ -64,50 +76,62 @@ async def namespace(kube: Kube, prefix: str) -> str:
     return ns
 
 
-async def watch_jobs(
-    kube: Kube, ns: str, n: int, started: float, selector: str = "", limit: float = 3600.0
-) -> tuple[float, float]:
-    """Seconds from `started` until n Jobs exist and until n Jobs are Complete. The watch is
-    resumed where it ended (the API server ends watches after a while; on a loaded machine a run
-    outlasts one), from a fresh list when its resourceVersion is too old."""
+async def watch_jobs(kube: Kube, ns: str, n: int, started: float, selector: str = "") -> tuple[float, float]:
+    """Seconds from `started` until n Jobs exist and until n Jobs are Complete. One watch, resumed
+    from its last resourceVersion when the API server ends it (runs at 100,000 last longer than
+    a watch), from a list when that version is too old."""
     seen: set[str] = set()
     done: set[str] = set()
-    times = [0.0, 0.0]
-    version = ""
+    all_exist = 0.0
+    rv = ""
     path = ns_path("batch/v1", ns, "jobs")
-
-    def saw(job: dict[str, Any]) -> bool:
-        name = job["metadata"]["name"]
-        seen.add(name)
-        if len(seen) >= n and not times[0]:
-            times[0] = time.perf_counter() - started
-        conds = (job.get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
-            done.add(name)
-        if len(done) >= n:
-            times[1] = time.perf_counter() - started
-            return True
-        return False
-
-    while time.perf_counter() - started < limit:
-        if not version:
-            listed = await kube.request("GET", path, params={"labelSelector": selector})
-            version = listed[1]["metadata"]["resourceVersion"]
-            if any([saw(j) for j in listed[1].get("items") or []]):
-                return times[0], times[1]
-        params = {"watch": "1", "labelSelector": selector, "timeoutSeconds": "300", "resourceVersion": version}
+    while True:
+        if not rv:
+            rv = await _list_jobs(kube, path, selector, seen, done)
+        params = {
+            "watch": "1",
+            "labelSelector": selector,
+            "timeoutSeconds": "600",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": rv,
+        }
         async with kube._client.stream("GET", path, params=params, timeout=None) as resp:
             async for line in resp.aiter_lines():
                 if not line:
                     continue
                 ev = json.loads(line)
-                if ev["type"] == "ERROR":  # 410 Gone: list again
-                    version = ""
+                job = ev["object"]
+                if ev["type"] == "ERROR":
+                    rv = ""  # 410 Gone: list again
                     break
-                version = ev["object"]["metadata"].get("resourceVersion", version)
-                if saw(ev["object"]):
-                    return times[0], times[1]
-    raise TimeoutError(f"after {limit:.0f} s: {len(seen)} Jobs seen, {len(done)} complete")
+                rv = job["metadata"].get("resourceVersion", rv)
+                if ev["type"] == "BOOKMARK":
+                    continue
+                _note_job(job, seen, done)
+                if len(seen) >= n and not all_exist:
+                    all_exist = time.perf_counter() - started
+                if len(done) >= n:
+                    return all_exist or time.perf_counter() - started, time.perf_counter() - started
+
+
+def _note_job(job: dict[str, Any], seen: set[str], done: set[str]) -> None:
+    name = job["metadata"]["name"]
+    seen.add(name)
+    conds = (job.get("status") or {}).get("conditions") or []
+    if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
+        done.add(name)
+
+
+async def _list_jobs(kube: Kube, path: str, selector: str, seen: set[str], done: set[str]) -> str:
+    params: dict[str, Any] = {"labelSelector": selector, "limit": 500}
+    while True:
+        _, page = await kube.request("GET", path, params=params)
+        for job in page.get("items") or []:
+            _note_job(job, seen, done)
+        meta = page.get("metadata") or {}
+        if not meta.get("continue"):
+            return str(meta.get("resourceVersion", ""))
+        params["continue"] = meta["continue"]
 
 
 async def raw(kube: Kube, n: int) -> tuple[float, float]:

@@ -2,7 +2,8 @@
 baselines, for N = 1,000 / 10,000 / 100,000 on the local control plane (kwok nodes).
 
 Sides, interleaved (the order rotates every repeat: A B C, B C A, C A B, ...):
-  operator   one ParallelWorkload of N subtasks, parallelism N, a fresh operator process
+  operator   one ParallelWorkload of N subtasks, parallelism min(N, 10,000) (the CRD's limit), a fresh
+             operator process
   raw        the same N Jobs created by a minimal async client (the API server's own limit)
   indexed    one Indexed Job of N completions (what Kubernetes does without one Job per subtask)
 
@@ -17,6 +18,14 @@ spreads of the ratios operator/raw and operator/indexed.
     eval "$(make -s cluster | tail -n 1)"
     make bench-scale                              # N = 1000 x3, 10000 x3
     .venv/bin/python bench/scale.py --n 1000 --n 10000 --n 100000 --repeats 3 --repeats-at-100k 1
+    .venv/bin/python bench/scale.py --n 10000 --repeats 1 --side operator --profile bench/results/prof
+
+APWA_ETCD_URL (etcd's client URL, e.g. http://127.0.0.1:32760: `ps` shows --listen-client-urls)
+gives the etcd bytes where the API server has no apiserver_storage_size_bytes.
+--side limits a run to some sides (repeatable). --profile DIR samples the operator with py-spy
+(`pip install py-spy`: a sampling profiler in its own process, so the operator's code runs
+unchanged and its CPU seconds stay its own) into DIR/operator-N<n>-<repeat>.txt, py-spy's raw
+collapsed stacks; bench/profile_top.py prints their top entries.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import csv
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +58,6 @@ SIDES = ("operator", "packed", "raw", "indexed", "indexed-pod")
 OPERATOR_SIDES = ("operator", "packed")
 # Packed execution's chunk: subtasks per Indexed Job (--chunk).
 CHUNK = 1000
-MAX_PARALLELISM = 10_000  # the CRD's bound on spec.parallelism
 WORKLOADS = "apwa.dev/v1alpha1"
 
 
@@ -128,11 +137,11 @@ def scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
-def bench_spec(n: int, packed: bool) -> dict[str, Any]:
+def bench_spec(n: int, packed: bool, job_ttl: int | None = None) -> dict[str, Any]:
     """Both operator sides alike: packed pods share their env, so no `{{ index }}` in either."""
-    out = {**spec(n), "parallelism": min(n, MAX_PARALLELISM)}
+    out = spec(n, job_ttl)
     container = {**POD["spec"]["containers"][0], "env": [{"name": "KWOK_DELAY_MS", "value": DELAY_MS}]}
-    out["templates"] = {"default": {"podTemplate": {"spec": {"containers": [container]}}}}
+    out["templates"]["default"]["podTemplate"] = {"spec": {"containers": [container]}}
     if packed:
         out["execution"] = {"mode": "Packed", "chunkSize": CHUNK}
     return out
@@ -157,7 +166,23 @@ async def indexed_pod(kube: Kube, n: int) -> float:
     return complete
 
 
-async def operator_side(kube: Kube, run: Run) -> None:
+def start_profiler(pid: int, out_dir: Path | None, run: Run) -> subprocess.Popen[bytes] | None:
+    if out_dir is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"operator-N{run.n}-{run.repeat}.txt"
+    spy = Path(sys.executable).parent / "py-spy"
+    cmd = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--nonblocking", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(timeout=120)
+
+
+async def operator_side(kube: Kube, run: Run, profile: Path | None = None, job_ttl: int | None = None) -> None:
     port = free_port()
     log = open("/tmp/apwa-bench-scale-operator.log", "wb")
     proc = subprocess.Popen(
@@ -180,10 +205,11 @@ async def operator_side(kube: Kube, run: Run) -> None:
         ns = await namespace(kube, "scale-op")
         packed = run.side == "packed"
         body = {"apiVersion": WORKLOADS, "kind": "ParallelWorkload", "metadata": {"name": "s"}}
-        body["spec"] = bench_spec(run.n, packed)
+        body["spec"] = bench_spec(run.n, packed, job_ttl)
         path = ns_path(WORKLOADS, ns, "parallelworkloads", "s")
         before_api, before_op = await apiserver_metrics(kube), scrape(port)
         cpu0 = cpu_seconds(proc.pid)
+        spy = start_profiler(proc.pid, profile, run)
         started = time.perf_counter()
         jobs = -(-run.n // CHUNK) if packed else run.n
         watcher = asyncio.create_task(watch_jobs(kube, ns, jobs, started, "apwa.dev/workload=s"))
@@ -192,6 +218,7 @@ async def operator_side(kube: Kube, run: Run) -> None:
             run.created_s, _ = await watcher
             status = await _complete(kube, path)
             run.complete_s = time.perf_counter() - started
+        stop_profiler(spy)
         after_api, after_op = await apiserver_metrics(kube), scrape(port)
         run.operator_cpu_s = cpu_seconds(proc.pid) - cpu0
         run.operator_rss_mib = peak_rss_mib(proc.pid)
@@ -239,7 +266,20 @@ def _api_figures(run: Run, before: str, after: str) -> None:
     run.api_requests_per_subtask = (
         total(after, "apiserver_request_total") - total(before, "apiserver_request_total")
     ) / run.n
-    run.etcd_bytes = total(after, "apiserver_storage_size_bytes")
+    run.etcd_bytes = total(after, "apiserver_storage_size_bytes") or etcd_db_bytes()
+
+
+def etcd_db_bytes() -> float:
+    """etcd's database file (what its quota is checked against), from etcd's own metrics at
+    $APWA_ETCD_URL: the API server of the kwok clusters (1.36) exports no
+    apiserver_storage_size_bytes."""
+    url = os.environ.get("APWA_ETCD_URL")
+    if not url:
+        return 0.0
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    return total(text, "etcd_mvcc_db_total_size_in_bytes")
 
 
 async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awaitable[Any]]) -> None:
@@ -253,10 +293,12 @@ async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awa
     _api_figures(run, before, after)
 
 
-async def one(kube: Kube, n: int, repeat: int, side: str) -> Run:
+async def one(
+    kube: Kube, n: int, repeat: int, side: str, profile: Path | None = None, job_ttl: int | None = None
+) -> Run:
     run = Run(n, repeat, side)
     if side in OPERATOR_SIDES:
-        await operator_side(kube, run)
+        await operator_side(kube, run, profile, job_ttl)
     else:
         if side == "indexed-pod" and n > MAX_CHUNK_SIZE:
             run.extra["skipped"] = f"one Indexed Job of the rendered pod is only made up to {MAX_CHUNK_SIZE}"
@@ -357,7 +399,14 @@ def plot(runs: list[Run], stamp: str) -> Path:
     return path
 
 
-async def main_async(ns: list[int], repeats: int, repeats_at_100k: int, sides: tuple[str, ...]) -> list[Run]:
+async def main_async(
+    ns: list[int],
+    repeats: int,
+    repeats_at_100k: int,
+    sides: tuple[str, ...] = SIDES,
+    profile: Path | None = None,
+    job_ttl: int | None = None,
+) -> list[Run]:
     subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True)
     kube = Kube.from_config(concurrency=64)
     runs: list[Run] = []
@@ -367,7 +416,7 @@ async def main_async(ns: list[int], repeats: int, repeats_at_100k: int, sides: t
             for rep in range(reps):
                 order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
                 for side in order:
-                    run = await one(kube, n, rep, side)
+                    run = await one(kube, n, rep, side, profile, job_ttl)
                     if "skipped" not in run.extra:
                         runs.append(run)
     finally:
@@ -382,13 +431,21 @@ def main() -> None:
     ap.add_argument("--repeats-at-100k", type=int, default=1)
     ap.add_argument("--side", action="append", choices=SIDES, help="only these sides (repeatable); default all")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="packed: subtasks per Indexed Job")
+    ap.add_argument("--profile", type=Path, help="sample the operator with py-spy into this directory")
+    ap.add_argument(
+        "--job-ttl",
+        type=int,
+        help="ttlSecondsAfterFinished of the operator's Jobs, set once recorded (keeps etcd bounded at 100,000)",
+    )
     args = ap.parse_args()
     globals()["CHUNK"] = args.chunk
     if not os.environ.get("KUBECONFIG"):
         sys.exit('set KUBECONFIG first: eval "$(make -s cluster | tail -n 1)"')
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sides = tuple(args.side or SIDES)
-    runs = asyncio.run(main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides))
+    runs = asyncio.run(
+        main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides, args.profile, args.job_ttl)
+    )
     summary(runs)
     print(f"\nCSV: {write(runs, stamp)}\nplot: {plot(runs, stamp)}")
 

@@ -18,6 +18,7 @@
 #   APWA_REAL_NODE=1     also start the real node (hack/realnode.sh: containerd, kubelet,
 #                        kube-proxy, CoreDNS, a NetworkPolicy engine; needs root)
 #   APWA_APISERVER_PORT  the API server's port (default 6443 for the cluster apwa)
+#   APWA_ETCD_QUOTA      etcd's backend quota (--quota-backend-bytes; default 8Gi, see below)
 # Everything except the final export line goes to stderr. ~/.kube/config is never touched.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +38,13 @@ if [ "$name" = apwa ]; then
 else # another cluster beside the default one gets its own fixed port, outside the NodePort range
   apiserver_port=${APWA_APISERVER_PORT:-$((7000 + $(printf %s "$name" | cksum | cut -d' ' -f1) % 1000))}
 fi
+# etcd refuses writes (alarm NOSPACE) once its database reaches this. etcd's own default is 2 GiB;
+# kwokctl passes 8Gi unless told otherwise, which holds a 100,000-subtask run (bench/scale.py
+# records etcd's database size: docs/scale-profile.md has the figures). Pinned
+# here so that a kwokctl upgrade can't lower it, and a cluster created before it was pinned (8Gi
+# too) is current: only another value enters the config hash and recreates the cluster.
+etcd_quota=${APWA_ETCD_QUOTA:-8Gi}
+kwokctl_etcd_quota=8Gi
 # Same formula as hack/testenv-build.sh (checked against its output in `up`).
 bin="$cache/testenv-k8s${KUBE_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}-kc${KUBECONFORM_VERSION}/bin"
 export KWOK_WORKDIR="$cache/kwok"
@@ -53,6 +61,7 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $nodes =~ ^[1-9][0-9]*$ ]] || die "APWA_CLUSTER_NODES must be a positive integer, got '$nodes'"
 [[ $timeout_s =~ ^[1-9][0-9]*$ ]] || die "APWA_CLUSTER_TIMEOUT must be a positive integer, got '$timeout_s'"
 [[ $name =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || die "APWA_CLUSTER_NAME must be a DNS label, got '$name'"
+[[ $etcd_quota =~ ^[1-9][0-9]*(Ki|Mi|Gi|Ti)?$ ]] || die "APWA_ETCD_QUOTA must be a size like 8Gi or 12884901888, got '$etcd_quota'"
 # KUBECONFIG first and PATH second (parsers rely on it), then hack/s3.sh env's variables.
 export_line() {
   local s3
@@ -145,7 +154,12 @@ EOF
   mv -f "$gen_conf.tmp.$$" "$gen_conf"
 }
 
-config_hash() { cat "$gen_conf" "$stages" | sha256sum | cut -d' ' -f1; echo "nodes=$nodes"; }
+config_hash() {
+  cat "$gen_conf" "$stages" | sha256sum | cut -d' ' -f1
+  echo "nodes=$nodes"
+  # kwokctl's own default adds nothing: clusters made before the quota was pinned stay current.
+  if [ "$etcd_quota" != "$kwokctl_etcd_quota" ]; then echo "etcd_quota=$etcd_quota"; fi
+}
 
 exists() { [ -f "$cdir/kwok.yaml" ]; }
 # State of a half-created or half-deleted cluster: anything in $cdir but the S3 server's (hack/s3.sh
@@ -272,7 +286,8 @@ cmd_up() {
         die "port $apiserver_port (the API server's) is taken by: $(port_owner "$apiserver_port"); free it or set APWA_APISERVER_PORT"
       log "creating cluster $name (workdir $KWOK_WORKDIR)"
       if ! "$bin/kwokctl" --name "$name" -c "$gen_conf" -c "$stages" create cluster \
-          --runtime binary --kubeconfig "$kc" --wait "${timeout_s}s" >&2 9>&-; then
+          --runtime binary --kubeconfig "$kc" --wait "${timeout_s}s" \
+          --etcd-quota-backend-size "$etcd_quota" >&2 9>&-; then
         log "kwokctl create cluster failed; last lines of the component logs:"
         tail -n 20 "$cdir"/logs/*.log >&2 2>/dev/null || true
         die "cluster $name did not come up (logs: $cdir/logs)"

@@ -105,11 +105,10 @@ def decide(w: World, now: float) -> Step:
     actions: list[Action] = []
     if new:
         actions.append(RecordOutcomes(tuple(new)))
-    released = _released(w, tally)
+    released, unfinished, queued, held = _sort_jobs(w, tally)
     if released:
         actions.append(ReleaseJobs(released))
-    unfinished = [i for i, j in w.children.jobs.items() if not j.finished and i not in tally]
-    actions += _follow_suspend(w, unfinished)
+    actions += _follow_suspend(w, unfinished, held)
     allowed = w.spec.failure.allowed(len(w.plan))
     failing = tally.failed > allowed
     spent = _budget_spent(w.spec, tally)
@@ -118,7 +117,6 @@ def decide(w: World, now: float) -> Step:
         create, resume_at = _window(w, tally, len(unfinished))
         if create:
             actions.append(CreateJobs(create, resume_at))
-    queued = sum(1 for i in unfinished if w.children.jobs[i].awaiting_admission)
     active = len(unfinished) - queued
     verdict = _verdict(w, tally, allowed, failing, active, queued, now)
     if spent and not failing and tally.finished < len(w.plan):
@@ -161,16 +159,17 @@ def collect(
     return out, retry
 
 
-def _follow_suspend(w: World, unfinished: Sequence[int]) -> list[Action]:
+def _follow_suspend(w: World, unfinished: Sequence[int], held: Sequence[int]) -> list[Action]:
     """spec.suspend holds every unfinished Job; resuming releases only the Jobs it held, so a Job
-    suspended by anything else (Kueue, until its quota admits it) is never unsuspended here."""
+    suspended by anything else (Kueue, until its quota admits it) is never unsuspended here.
+    `held`: the unfinished Jobs marked held."""
     jobs = w.children.jobs
     if w.spec.suspend:
         # A held Job of ours unsuspended by someone else is suspended again; Kueue keeps a Job
         # suspended itself once its Workload is inactive.
         flip = [i for i in unfinished if not jobs[i].held or not (jobs[i].suspended or jobs[i].queued)]
     else:
-        flip = [i for i in unfinished if jobs[i].held]
+        flip = list(held)
     own = tuple((i, jobs[i].name) for i in flip if not jobs[i].queued)
     kueue = tuple((i, jobs[i].name) for i in flip if jobs[i].queued)
     actions: list[Action] = []
@@ -181,13 +180,25 @@ def _follow_suspend(w: World, unfinished: Sequence[int]) -> list[Action]:
     return actions
 
 
-def _released(w: World, tally: Tally) -> tuple[tuple[int, str, int | None], ...]:
-    """Jobs whose outcome is recorded (now or before): each with its template's TTL."""
-    return tuple(
-        (i, job.name, w.spec.templates[w.plan[i].template].ttl_seconds_after_finished)
-        for i, job in w.children.jobs.items()
-        if i in tally
-    )
+def _sort_jobs(w: World, tally: Tally) -> tuple[tuple[tuple[int, str, int | None], ...], list[int], int, list[int]]:
+    """One pass over the Jobs (every step makes it, over up to spec.parallelism Jobs): those whose
+    outcome is recorded (now or before), each with its template's TTL, to release; the unfinished
+    others, by index; how many of those await admission by Kueue; and which are held."""
+    recorded, new = tally.recorded.outcomes, tally.new  # `in tally`, without a call per Job
+    released: list[tuple[int, str, int | None]] = []
+    unfinished: list[int] = []
+    held: list[int] = []
+    queued = 0
+    for i, job in w.children.jobs.items():
+        if i in recorded or i in new:
+            released.append((i, job.name, w.spec.templates[w.plan[i].template].ttl_seconds_after_finished))
+        elif not job.finished:
+            unfinished.append(i)
+            if job.held:
+                held.append(i)
+            if job.queued and job.awaiting_admission:  # the property only for Kueue's Jobs
+                queued += 1
+    return tuple(released), unfinished, queued, held
 
 
 def _window(w: World, tally: Tally, active: int) -> tuple[tuple[int, ...], int]:

@@ -1,8 +1,8 @@
 """A small async Kubernetes client on httpx.
 
 The operator's hot path is "create thousands of Jobs as fast as the API server accepts them";
-this client keeps that path short: one pooled HTTP/1.1 connection set, a semaphore bounding
-requests in flight, and retries with jittered exponential backoff on 429, 5xx and transport
+this client keeps that path short: pooled HTTP/1.1 connections, a semaphore bounding requests
+in flight, and retries with jittered exponential backoff on 429, 5xx and transport
 errors (honouring Retry-After). Credentials come from the kubeconfig or the in-cluster service
 account, loaded once through the official client's config loader.
 """
@@ -26,6 +26,11 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 # Longer server-requested pauses are cut to this: the caller's own retry takes over.
 MAX_RETRY_AFTER = 30.0
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+# Connections per httpx client. httpcore's pool scans its connections, and for each idle one all
+# of them again, on every request and every response (httpcore 1.0.9): with 64 connections in one
+# pool that bookkeeping took 43-58% of the operator's CPU at 10,000 subtasks (docs/scale-profile.md).
+# Pools of 8, each request sent through the least busy one, keep the scans short.
+POOL_SHARD = 8
 
 
 class ApiError(Exception):
@@ -56,13 +61,20 @@ class Kube:
         retries: int = 8,
         token_file: Path | None = None,
     ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            verify=verify,
-            headers=headers or {},
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        full, rest = divmod(concurrency, POOL_SHARD)
+        shards = [POOL_SHARD] * full + ([rest] if rest else [])
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=base_url,
+                verify=verify,
+                headers=headers or {},
+                timeout=httpx.Timeout(30.0, connect=10.0),
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            )
+            for size in shards
+        ]
+        self._room = list(shards)  # free connections per client: the semaphore keeps one free somewhere
+        self._client = self._clients[0]  # for plain one-off requests (metrics, benchmarks)
         # Watches hold their connection for minutes: a pool of their own, so they never starve
         # the request pool.
         self._watch_client = httpx.AsyncClient(
@@ -104,7 +116,8 @@ class Kube:
         return self._watch_client.stream(method, path, params=params, timeout=httpx.Timeout(10.0, read=read_timeout))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        for c in self._clients:
+            await c.aclose()
         await self._watch_client.aclose()
 
     async def request(
@@ -124,7 +137,7 @@ class Kube:
             metrics.API_REQUESTS.labels(verb=method).inc()
             try:
                 async with self._sem:
-                    resp = await self._client.request(method, path, json=json, params=params, headers=headers)
+                    resp = await self._send(method, path, json, params, headers)
             except httpx.TransportError as e:
                 metrics.API_ERRORS.labels(code="transport").inc()
                 if attempt == self._retries:
@@ -149,7 +162,8 @@ class Kube:
             metrics.API_ERRORS.labels(code=str(resp.status_code)).inc()
             if resp.status_code == 401 and self._token_file and attempt == 0:
                 token = f"Bearer {self._token_file.read_text().strip()}"
-                self._client.headers["Authorization"] = self._watch_client.headers["Authorization"] = token
+                for c in (*self._clients, self._watch_client):
+                    c.headers["Authorization"] = token
                 continue
             if resp.status_code in RETRY_STATUS and attempt < self._retries:
                 metrics.API_RETRIES.inc()
@@ -159,6 +173,18 @@ class Kube:
                 continue
             raise ApiError(resp.status_code, _json(resp), method, path)
         raise AssertionError("unreachable")
+
+    async def _send(
+        self, method: str, path: str, json: Any, params: dict[str, Any] | None, headers: dict[str, str] | None
+    ) -> httpx.Response:
+        """Through the client with the most free connections (the caller holds the semaphore, so
+        one has room: no request waits inside a pool while another pool idles)."""
+        i = max(range(len(self._room)), key=self._room.__getitem__)
+        self._room[i] -= 1
+        try:
+            return await self._clients[i].request(method, path, json=json, params=params, headers=headers)
+        finally:
+            self._room[i] += 1
 
     async def create(self, path: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """POST; returns (created, body). "Already exists" is success: names are deterministic."""
