@@ -6,15 +6,13 @@ import json
 import subprocess
 import sys
 import threading
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import wait_for
 from kubernetes import client, watch
-from operator_proc import OperatorProcess
-from workloads import Workloads, all_succeeded, pod_template, workload
+from workloads import Workloads, pod_template, workload
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -306,36 +304,7 @@ def test_ttl_applies_only_after_the_result_is_stored(w: Workloads) -> None:
     wait_for(lambda: not w.jobs("ttl"), 90, "finished Jobs removed by their TTL")
 
 
-def test_operator_killed_mid_run_loses_and_duplicates_nothing(
-    api: client.ApiClient, w: Workloads, operator: OperatorProcess
-) -> None:
-    events: list[tuple[str, Any]] = []
-    stop = threading.Event()
-    t = threading.Thread(target=watch_jobs, args=(api, w.ns, stop, events), daemon=True)
-    t.start()
-    n = 150
-    w.create(
-        workload(
-            "crash", {"range": {"end": n}}, {"KWOK_DELAY_MS": "300", "KWOK_MESSAGE": "{{ index }}"}, parallelism=15
-        )
-    )
-    wait_for(
-        lambda: (w.get("crash").get("status") or {}).get("counts", {}).get("succeeded", 0) >= 30,
-        120,
-        "30 subtasks done before the crash",
-    )
-    operator.kill()
-    operator.start()
-    done = w.wait_condition("crash", "Complete", timeout=240)
-    stop.set()
-    assert done["status"]["counts"] == all_succeeded(n)
-    assert {i: e["result"] for i, e in w.results("crash").items()} == {i: i for i in range(n)}
-    uids: dict[str, set[str]] = defaultdict(set)
-    for _, job in events:
-        uids[job.metadata.name].add(job.metadata.uid)
-    assert len(uids) == n
-    duplicated = {name: u for name, u in uids.items() if len(u) > 1}
-    assert not duplicated, f"Jobs created twice: {duplicated}"
+# An operator killed mid-run, in both execution modes: tests/integration/test_packed.py.
 
 
 def test_thousand_subtasks(w: Workloads) -> None:
