@@ -406,7 +406,10 @@ async def main_async(
     sides: tuple[str, ...] = SIDES,
     profile: Path | None = None,
     job_ttl: int | None = None,
+    stamp: str = "",
 ) -> list[Run]:
+    """Every run is written to the CSV as soon as it ends, and a side that fails is reported and
+    skipped: hours of runs are not lost to one failure at the end."""
     subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True)
     kube = Kube.from_config(concurrency=64)
     runs: list[Run] = []
@@ -416,9 +419,14 @@ async def main_async(
             for rep in range(reps):
                 order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
                 for side in order:
-                    run = await one(kube, n, rep, side, profile, job_ttl)
+                    try:
+                        run = await one(kube, n, rep, side, profile, job_ttl)
+                    except Exception as e:  # reported; the other sides go on
+                        print(f"  N={n:>6} #{rep} {side:<9} FAILED: {e!r}", flush=True)
+                        continue
                     if "skipped" not in run.extra:
                         runs.append(run)
+                        write(runs, stamp)
     finally:
         await kube.close()
     return runs
@@ -441,10 +449,12 @@ def main() -> None:
     globals()["CHUNK"] = args.chunk
     if not os.environ.get("KUBECONFIG"):
         sys.exit('set KUBECONFIG first: eval "$(make -s cluster | tail -n 1)"')
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S")  # before the runs: main_async writes the CSV as it goes
     sides = tuple(args.side or SIDES)
     runs = asyncio.run(
-        main_async(args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides, args.profile, args.job_ttl)
+        main_async(
+            args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides, args.profile, args.job_ttl, stamp
+        )
     )
     summary(runs)
     print(f"\nCSV: {write(runs, stamp)}\nplot: {plot(runs, stamp)}")
