@@ -50,7 +50,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> dict[str, Any]:
         if key == "properties":
             out["properties"] = {name: _structural(sub, defs) for name, sub in value.items()}
         elif key == "items":
-            out["items"] = _structural(value, defs) if value else dict(_PRESERVE)
+            out["items"] = _structural(value, defs) if value else {**_PRESERVE, "nullable": True}  # list[Any]
         elif key == "default" and value is None:
             continue
         else:
@@ -64,7 +64,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> dict[str, Any]:
         else:
             out.update(_PRESERVE)  # a free-form object (a PodTemplateSpec, a result value)
     if not out or set(out) <= {"description", "default"}:
-        out.update(_PRESERVE)  # typing.Any: any JSON value
+        # typing.Any: any JSON value, null included. Without nullable, an item `null` is stored
+        # but then breaks every CEL rule over it ("got null for schema with nullable=false"), and
+        # with it every later write, status included (found by tests/integration/test_fuzz_operator.py).
+        out.update(_PRESERVE, nullable=True)
     if "default" in out and isinstance(out["default"], dict | list):
         out.pop("default")  # object defaults would be applied by the API server wholesale
     return out
