@@ -187,7 +187,9 @@ wait_until() { # seconds, what, command...
   local secs=$1 what=$2; shift 2
   local deadline=$((SECONDS + secs))
   until "$@"; do
-    if ! running_pid >/dev/null; then
+    # Alive, not "ours": between the fork and the exec its command line is still this script's, and
+    # on a loaded machine the first check can fall in that gap (a CI run died of it).
+    if ! kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
       log "kueue exited; last lines of $logfile:"
       tail -n 20 "$logfile" >&2 || true
       die "kueue did not start (log: $logfile)"
