@@ -311,6 +311,18 @@ async def one(
 
 
 def summary(runs: list[Run]) -> None:
+    head = f"{'N':>7} {'side':<12} {'runs':>4} {'created s':>10} {'complete s':>11} {'subtasks/s':>11}"
+    print(f"\n{head}  (median; complete min..max)")
+    for n in sorted({r.n for r in runs}):
+        for side in SIDES:
+            mine = [r for r in runs if r.n == n and r.side == side]
+            if mine:
+                c = [r.complete_s for r in mine]
+                print(
+                    f"{n:>7} {side:<12} {len(mine):>4} {statistics.median(r.created_s for r in mine):>10.1f} "
+                    f"{statistics.median(c):>11.1f} {statistics.median(r.subtasks_per_s for r in mine):>11.1f}"
+                    f"  ({min(c):.1f}..{max(c):.1f} s)"
+                )
     print("\nratios of medians (spread: min..max of the per-repeat ratios)")
     for n in sorted({r.n for r in runs}):
         by = {s: [r for r in runs if r.n == n and r.side == s] for s in SIDES}
@@ -361,6 +373,20 @@ def write(runs: list[Run], stamp: str) -> Path:
         for r in runs:
             w.writerow({k: v for k, v in asdict(r).items() if k in names})
     return path
+
+
+def read(paths: list[Path]) -> list[Run]:
+    """Runs from earlier CSVs (--from-csv): one plot and one table over sizes run separately, e.g.
+    N = 100,000 (an hour per side) apart from the interleaved 1,000 and 10,000. Ratios pair runs of
+    the same N and repeat, so give each N's runs from one invocation."""
+    names = {f.name for f in fields(Run)} - {"extra"}
+    cast: dict[str, Any] = {"n": int, "repeat": int, "status_bytes": int, "side": str}
+    runs: list[Run] = []
+    for path in paths:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                runs.append(Run(**{k: cast.get(k, float)(v) for k, v in row.items() if k in names}))
+    return runs
 
 
 def plot(runs: list[Run], stamp: str) -> Path:
@@ -445,8 +471,20 @@ def main() -> None:
         type=int,
         help="ttlSecondsAfterFinished of the operator's Jobs, set once recorded (keeps etcd bounded at 100,000)",
     )
+    ap.add_argument(
+        "--from-csv",
+        type=Path,
+        action="append",
+        help="no runs: print the table and draw the plot from these CSVs (repeatable)",
+    )
     args = ap.parse_args()
     globals()["CHUNK"] = args.chunk
+    if args.from_csv:
+        runs = read(args.from_csv)
+        summary(runs)
+        stamp = "merged-" + time.strftime("%Y%m%d-%H%M%S")
+        print(f"\nCSV: {write(runs, stamp)}\nplot: {plot(runs, stamp)}")
+        return
     if not os.environ.get("KUBECONFIG"):
         sys.exit('set KUBECONFIG first: eval "$(make -s cluster | tail -n 1)"')
     stamp = time.strftime("%Y%m%d-%H%M%S")  # before the runs: main_async writes the CSV as it goes
