@@ -24,9 +24,9 @@ APWA_ETCD_URL (etcd's client URL, e.g. http://127.0.0.1:32760: `ps` shows --list
 gives the etcd bytes where the API server has no apiserver_storage_size_bytes.
 --side limits a run to some sides (repeatable). --from-csv CSV (repeatable) runs nothing: it prints
 the table and draws the plot from earlier runs, e.g. the separate 100,000 runs beside 1,000 and 10,000.
---profile DIR samples the operator with py-spy (`pip install py-spy`: a sampling profiler in its own process, so the operator's code runs
-unchanged and its CPU seconds stay its own) into DIR/operator-N<n>-<repeat>.txt, py-spy's raw
-collapsed stacks; bench/profile_top.py prints their top entries.
+--profile DIR samples the operator with py-spy (`pip install py-spy`: a sampling profiler in its
+own process, so the operator's code runs unchanged and its CPU seconds stay its own) into
+DIR/operator-N<n>-<repeat>.txt, py-spy's raw collapsed stacks; bench/profile_top.py prints their top entries.
 """
 
 from __future__ import annotations
