@@ -24,6 +24,8 @@ APWA_ETCD_URL (etcd's client URL, e.g. http://127.0.0.1:32760: `ps` shows --list
 gives the etcd bytes where the API server has no apiserver_storage_size_bytes.
 --side limits a run to some sides (repeatable). --from-csv CSV (repeatable) runs nothing: it prints
 the table and draws the plot from earlier runs, e.g. the separate 100,000 runs beside 1,000 and 10,000.
+--fresh-cluster deletes and makes the test cluster again before every run: each side starts on an
+empty etcd, not paying for the previous side's 10,000 pods being deleted (minutes on kwok).
 --profile DIR samples the operator with py-spy (`pip install py-spy`: a sampling profiler in its
 own process, so the operator's code runs unchanged and its CPU seconds stay its own) into
 DIR/operator-N<n>-<repeat>.txt, py-spy's raw collapsed stacks; bench/profile_top.py prints their top entries.
@@ -294,10 +296,34 @@ async def baseline_side(kube: Kube, run: Run, measure: Callable[[Kube, int], Awa
     _api_figures(run, before, after)
 
 
+# Namespaces the sides make (each deletes its own when it ends).
+BENCH_NAMESPACES = ("scale-op-", "bench-")
+
+
+async def settle(kube: Kube, timeout: float = 900.0) -> None:
+    """Wait until the previous side's namespace is gone: deleting 10,000 pods keeps the API server
+    and kwok busy for minutes, and a side started meanwhile pays for its predecessor's cleanup
+    (at 10,000 the first three runs of a session without this slowed run after run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = await kube.get("/api/v1/namespaces")
+        left = [
+            m["metadata"]["name"]
+            for m in (body or {}).get("items", [])
+            if m["metadata"]["name"].startswith(BENCH_NAMESPACES)
+        ]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"namespaces still being deleted after {timeout:.0f} s: {left}")
+        await asyncio.sleep(2)
+
+
 async def one(
     kube: Kube, n: int, repeat: int, side: str, profile: Path | None = None, job_ttl: int | None = None
 ) -> Run:
     run = Run(n, repeat, side)
+    await settle(kube)
     if side in OPERATOR_SIDES:
         await operator_side(kube, run, profile, job_ttl)
     else:
@@ -426,6 +452,27 @@ def plot(runs: list[Run], stamp: str) -> Path:
     return path
 
 
+def fresh_cluster() -> None:
+    """--fresh-cluster: delete the test cluster and make it again before a run, so every side starts
+    on an empty etcd with nothing left to clean up (the API server's port and the kubeconfig's path
+    stay; its certificates and etcd's port change, hence a new client and APWA_ETCD_URL after)."""
+    for cmd in ("down", "up"):
+        done = subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), cmd], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"hack/cluster.sh {cmd} failed: {done.stderr[-2000:]}")
+    name = os.environ.get("APWA_CLUSTER_NAME", "apwa")
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone meanwhile
+        if args[0].endswith("/etcd") and f"/clusters/{name}/" in args[0]:
+            for a in args:
+                if a.startswith("--listen-client-urls="):
+                    os.environ["APWA_ETCD_URL"] = a.split("=", 1)[1].split(",")[0]
+    subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True)
+
+
 async def main_async(
     ns: list[int],
     repeats: int,
@@ -434,6 +481,7 @@ async def main_async(
     profile: Path | None = None,
     job_ttl: int | None = None,
     stamp: str = "",
+    fresh: bool = False,
 ) -> list[Run]:
     """Every run is written to the CSV as soon as it ends, and a side that fails is reported and
     skipped: hours of runs are not lost to one failure at the end."""
@@ -447,6 +495,10 @@ async def main_async(
                 order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
                 for side in order:
                     try:
+                        if fresh:
+                            await kube.close()
+                            fresh_cluster()
+                            kube = Kube.from_config(concurrency=64)
                         run = await one(kube, n, rep, side, profile, job_ttl)
                     except Exception as e:  # reported; the other sides go on
                         print(f"  N={n:>6} #{rep} {side:<9} FAILED: {e!r}", flush=True)
@@ -478,6 +530,11 @@ def main() -> None:
         action="append",
         help="no runs: print the table and draw the plot from these CSVs (repeatable)",
     )
+    ap.add_argument(
+        "--fresh-cluster",
+        action="store_true",
+        help="delete and make the test cluster again before every run (an empty etcd for each side)",
+    )
     args = ap.parse_args()
     globals()["CHUNK"] = args.chunk
     if args.from_csv:
@@ -492,7 +549,14 @@ def main() -> None:
     sides = tuple(args.side or SIDES)
     runs = asyncio.run(
         main_async(
-            args.n or [1000, 10_000], args.repeats, args.repeats_at_100k, sides, args.profile, args.job_ttl, stamp
+            args.n or [1000, 10_000],
+            args.repeats,
+            args.repeats_at_100k,
+            sides,
+            args.profile,
+            args.job_ttl,
+            stamp,
+            args.fresh_cluster,
         )
     )
     summary(runs)
