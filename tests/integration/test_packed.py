@@ -25,7 +25,11 @@ from workloads import Workloads, all_succeeded, pod_template, workload
 pytestmark = pytest.mark.usefixtures("operator")
 
 CHUNK = 4
-MODES = [pytest.param(None, id="jobs"), pytest.param({"mode": "Packed", "chunkSize": CHUNK}, id="packed")]
+PACKED = pytest.param({"mode": "Packed", "chunkSize": CHUNK}, id="packed")
+# Mode Jobs of these behaviours is what test_operator.py proves in CI already; its twins here run in
+# `make test-slow` (CI's cold budget), except the operator-killed case, which is only here.
+MODES = [pytest.param(None, id="jobs", marks=pytest.mark.slow), PACKED]
+BOTH_MODES_IN_CI = [pytest.param(None, id="jobs"), PACKED]
 
 
 @pytest.fixture
@@ -198,7 +202,7 @@ def watch_jobs(api: client.ApiClient, namespace: str, stop: threading.Event, uid
             return
 
 
-@pytest.mark.parametrize("execution", MODES)
+@pytest.mark.parametrize("execution", BOTH_MODES_IN_CI)
 def test_operator_killed_mid_run_loses_and_duplicates_nothing(
     api: client.ApiClient, w: Workloads, operator: OperatorProcess, execution: dict[str, Any] | None
 ) -> None:
