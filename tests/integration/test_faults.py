@@ -263,10 +263,12 @@ def outage(down_s: float, apiserver_back_after_s: float | None = None) -> Fault:
 # server, which keeps the watches open and serves them from its cache).
 CI_FAULTS = {
     "apiserver-restart": (restart(Component.APISERVER), True),
+}
+# The 2-minute outage left CI for its cold 60-minute budget (2026-11-27: cold build phases measured
+# at 24.5 min); the restart above keeps an outage in every CI run.
+SLOW_FAULTS = {
     # 60 s unreachable, then 60 s of 503s from an API server without its etcd.
     "control-plane-down-2min": (outage(120, apiserver_back_after_s=60), True),
-}
-SLOW_FAULTS = {
     "apiserver-restart-twice": (restart(Component.APISERVER, times=2), True),
     "etcd-restart": (restart(Component.ETCD), False),
     "control-plane-down-5min": (outage(300), True),
